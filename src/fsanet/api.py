@@ -1,0 +1,53 @@
+"""The Python API in a few calls: get an engine, run it, score it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fsanet.artifact import Artifact
+from fsanet.build import BuildOptions, build, find_artifact
+from fsanet.datasets import load_aflw2000
+from fsanet.engine import PoseEngine
+from fsanet.errors import ArtifactError
+from fsanet.evaluate import EvalReport, evaluate
+
+
+def load(
+    model: str | Path = "fusion",
+    *,
+    precision: str = "fp32",
+    backend: str = "onnxruntime",
+    dynamic_batch: bool = True,
+    batch_size: int = 1,
+    threads: int | None = None,
+    mirror: str | None = None,
+    build_missing: bool = True,
+) -> PoseEngine:
+    """A ready pose engine: an artifact directory, or a model name built on demand.
+
+    `model` is `fusion` (all three variants, averaged), a variant name, or the path of an
+    artifact. Building needs the `build` extra (TensorFlow); a cached engine does not.
+    """
+    if Path(model).is_dir():
+        return PoseEngine.from_artifact(Artifact.load(model), threads).load()
+    options = BuildOptions.create(
+        [str(model)], backend, precision, dynamic_batch=dynamic_batch, batch_size=batch_size
+    )
+    artifact = find_artifact(options)
+    if artifact is None:
+        if not build_missing:
+            raise ArtifactError(f"no engine built for {model}: run `fsanet build {model}`")
+        artifact = build(options, mirror)
+    return PoseEngine.from_artifact(artifact, threads).load()
+
+
+def evaluate_aflw2000(
+    engine: PoseEngine,
+    dataset: str | Path | None = None,
+    num: int | None = None,
+    batch: int = 32,
+    mirror: str | None = None,
+) -> EvalReport:
+    """Score `engine` on FSA-Net's AFLW2000 evaluation set (the 1969 images within ±99°)."""
+    data = load_aflw2000(dataset, mirror).evaluation_subset()
+    return evaluate(engine, data, num=num, batch=batch)

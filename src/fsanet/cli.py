@@ -1,0 +1,211 @@
+"""The `fsanet` command: one subcommand, one API call, a readable summary or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fsanet import __version__, progress
+from fsanet.errors import FsanetError
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+# --- subcommands -------------------------------------------------------------------------
+
+
+def cmd_fetch(args: argparse.Namespace) -> None:
+    from fsanet.fetch import fetch
+    from fsanet.zoo import resolve_files
+
+    paths = {f.name: str(fetch(f, args.mirror)) for f in resolve_files(args.names)}
+    _emit(args, {"files": paths}, "\n".join(f"{n:<36} {p}" for n, p in paths.items()))
+
+
+def cmd_dataset(args: argparse.Namespace) -> None:
+    from fsanet.datasets import load_aflw2000, prepare_aflw2000
+
+    path = prepare_aflw2000(args.source, args.mirror, args.output)
+    data = load_aflw2000(path)
+    evaluated = len(data.evaluation_subset())
+    _emit(
+        args,
+        {"path": str(path), "num_images": len(data), "num_evaluated": evaluated},
+        f"{path}: {len(data)} crops of 64x64, {evaluated} within ±99° (evaluated)",
+    )
+
+
+def _build_options(args: argparse.Namespace):  # noqa: ANN202
+    from fsanet.build import BuildOptions
+
+    return BuildOptions.create(
+        args.models or None,
+        args.backend,
+        args.precision,
+        dynamic_batch=args.shape_mutable,
+        batch_size=args.batch_size,
+        opset=args.opset,
+    )
+
+
+def _describe(artifact) -> str:  # noqa: ANN001
+    m = artifact.manifest
+    batch = "dynamic batch" if m.batch_mode == "dynamic" else f"fixed batch {m.batch_size}"
+    parity = m.parity
+    return (
+        f"engine {artifact.path}\n"
+        f"  variants {', '.join(m.variants)}; {m.backend}, {m.precision}, {batch}, opset {m.opset}\n"
+        f"  parity with TensorFlow: max |diff| {parity['max_abs_diff_deg']:.1e}° over "
+        f"{parity['num_inputs']} inputs ({parity['num_real']} AFLW2000 crops, "
+        f"{parity['num_random']} random); tolerance {parity['tolerance_deg']:g}°"
+    )
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from fsanet.build import build
+
+    artifact = build(_build_options(args), args.mirror, force=args.force)
+    _emit(args, {"path": str(artifact.path), **artifact.manifest.to_dict()}, _describe(artifact))
+
+
+def _engine(args: argparse.Namespace):  # noqa: ANN202
+    from fsanet.api import load
+
+    model = args.engine or (args.models[0] if len(args.models) == 1 else "fusion")
+    if len(args.models) > 1:
+        raise FsanetError("evaluate one model at a time: fusion, a variant, or --engine PATH")
+    return load(
+        model,
+        precision=args.precision,
+        backend=args.backend,
+        dynamic_batch=args.shape_mutable,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        mirror=args.mirror,
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from fsanet.api import evaluate_aflw2000
+
+    with _engine(args) as engine:
+        report = evaluate_aflw2000(engine, args.dataset, args.num, args.batch, args.mirror)
+    _emit(args, report.to_dict(), str(report))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from fsanet.datasets import prepare_aflw2000
+    from fsanet.fetch import fetch
+    from fsanet.zoo import resolve_variants
+
+    for variant in resolve_variants(args.models or None):
+        fetch(variant.file, args.mirror)
+    if args.dataset is None:
+        args.dataset = prepare_aflw2000(None, args.mirror)
+    cmd_eval(args)
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mirror", metavar="DIR",
+                   help="local mirror searched before downloading (default: $FSANET_MIRROR)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_engine_options(p: argparse.ArgumentParser, models_help: str) -> None:
+    p.add_argument("models", nargs="*", metavar="MODEL", help=models_help)
+    p.add_argument("--precision", default="fp32", help="fp32 (the seed's force_float32)")
+    p.add_argument("--backend", default="onnxruntime", help="engine backend (onnxruntime)")
+    p.add_argument("--shape-mutable", type=_bool, default=True, metavar="BOOL",
+                   help="true: any batch size (default); false: a fixed --batch-size")
+    p.add_argument("--batch-size", type=_positive, default=1,
+                   help="the engine's batch size when --shape-mutable false (default 1)")
+    p.add_argument("--opset", type=_positive, default=17, help=argparse.SUPPRESS)
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", metavar="DIR", help="an engine artifact directory to evaluate")
+    p.add_argument("--num", type=_positive, help="evaluate the first N images (default: all 1969)")
+    p.add_argument("--batch", type=_positive, default=32, help="images per engine call (32)")
+    p.add_argument("--threads", type=_positive, help="threads per engine session (default 1)")
+    p.add_argument("--dataset", metavar="PATH",
+                   help="AFLW2000 npz, or the AFLW2000-3D zip or folder (default: fetched)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="fsanet",
+        description="FSA-Net head pose: fetch, build verified engines, evaluate on AFLW2000.",
+    )
+    top.add_argument("--version", action="version", version=f"fsanet {__version__}")
+    top.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands: list[tuple[str, str, Callable[[argparse.Namespace], None]]] = [
+        ("fetch", "download and verify model and data files", cmd_fetch),
+        ("dataset", "build FSA-Net's 64x64 AFLW2000 set from the official release", cmd_dataset),
+        ("build", "convert the TensorFlow graphs into a verified engine", cmd_build),
+        ("eval", "evaluate an engine on AFLW2000 (MAE per variant and fused)", cmd_eval),
+        ("run", "one click: fetch, dataset, build, eval", cmd_run),
+    ]
+    for name, help_text, func in commands:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        _add_common(p)
+        if name == "fetch":
+            p.add_argument("names", nargs="*", metavar="NAME",
+                           help="capsule, var, noS, fusion, aflw2000-3d, yunet (default: all)")
+        elif name == "dataset":
+            p.add_argument("--source", metavar="PATH",
+                           help="AFLW2000-3D zip or folder (default: the pinned release)")
+            p.add_argument("--output", metavar="NPZ", help="where to write (default: the cache)")
+        else:
+            _add_engine_options(p, "fusion (default), capsule, var or noS")
+            p.add_argument("--force", action="store_true", help="rebuild even if cached") \
+                if name == "build" else _add_eval_options(p)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.quiet:
+        progress.set_enabled(False)
+    try:
+        args.func(args)
+    except FsanetError as e:
+        print(f"fsanet: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fsanet: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""A pose engine: one or more runners whose outputs are the FSA-Net variants, and their fusion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fsanet.artifact import Artifact
+from fsanet.backends import Runner, check_images, runner_class
+from fsanet.fetch import fetch
+from fsanet.zoo import FUSION, Variant, resolve_variants
+
+
+@dataclass
+class _Part:
+    runner: Runner
+    outputs: dict[str, str]  # variant -> output tensor name of this runner
+
+
+class PoseEngine:
+    """Turns 64x64 BGR crops into [yaw, pitch, roll] degrees.
+
+    Call it on an N x 64 x 64 x 3 array (uint8 or float32) for the fused angles (the mean of
+    the variants it holds); `predict_variants` gives each variant's angles as well.
+    """
+
+    def __init__(self, parts: list[_Part], *, name: str, backend: str, precision: str) -> None:
+        self._parts = parts
+        self.name = name
+        self.backend = backend
+        self.precision = precision
+
+    @property
+    def variants(self) -> list[str]:
+        return [v for part in self._parts for v in part.outputs]
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, threads: int | None = None) -> PoseEngine:
+        manifest = artifact.manifest
+        runner = runner_class(manifest.backend)
+        parts = [
+            _Part(
+                runner(
+                    artifact.model_path(model),
+                    model.input,
+                    list(model.outputs.values()),
+                    batch_size=manifest.batch_size if manifest.batch_mode == "fixed" else None,
+                    threads=threads,
+                ),
+                model.outputs,
+            )
+            for model in manifest.models
+        ]
+        return cls(parts, name=artifact.name, backend=manifest.backend,
+                   precision=manifest.precision)
+
+    @classmethod
+    def tensorflow_reference(
+        cls,
+        variants: list[Variant] | None = None,
+        mirror: str | None = None,
+        threads: int | None = None,
+    ) -> PoseEngine:
+        """FSA-Net's own frozen graphs in TensorFlow, one session per variant."""
+        runner = runner_class("tensorflow")
+        parts = [
+            _Part(
+                runner(fetch(v.file, mirror), v.input_name, [v.output_name], threads=threads),
+                {v.name: v.output_name},
+            )
+            for v in (variants or resolve_variants(None))
+        ]
+        return cls(parts, name="tensorflow", backend="tensorflow", precision="fp32")
+
+    def load(self) -> PoseEngine:
+        for part in self._parts:
+            part.runner.load()
+        return self
+
+    def close(self) -> None:
+        for part in self._parts:
+            part.runner.close()
+
+    def __enter__(self) -> PoseEngine:
+        return self.load()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def predict_variants(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Angles per variant, plus `fusion` when the engine holds several."""
+        batch = check_images(images)
+        results: dict[str, np.ndarray] = {}
+        for part in self._parts:
+            outputs = part.runner.infer(batch)
+            for variant, tensor in part.outputs.items():
+                results[variant] = outputs[tensor]
+        if len(results) > 1:
+            results[FUSION] = np.mean(np.stack(list(results.values())), axis=0)
+        return results
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        results = self.predict_variants(images)
+        return results.get(FUSION, next(iter(results.values())))
+
+    def __repr__(self) -> str:
+        return (f"PoseEngine({self.name!r}, backend={self.backend!r}, "
+                f"precision={self.precision!r}, variants={self.variants})")
