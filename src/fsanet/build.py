@@ -84,8 +84,14 @@ class BuildOptions:
     def key(self) -> str:
         """A digest of everything that determines the artifact's contents."""
         sources = {v: VARIANTS[v].file.sha256 for v in self.variants}
-        payload = {"format": FORMAT, "sources": sources, "backend": self.backend,
-                   "precision": self.precision, "batch": self.fixed_batch, "opset": self.opset}
+        payload = {
+            "format": FORMAT,
+            "sources": sources,
+            "backend": self.backend,
+            "precision": self.precision,
+            "batch": self.fixed_batch,
+            "opset": self.opset,
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def artifact_dir(self) -> Path:
@@ -143,8 +149,14 @@ def build(options: BuildOptions, mirror: str | None = None, force: bool = False)
             model = tf_to_onnx(graphs[variant.name], variant, options.opset, options.fixed_batch)
             file = tmp / f"{variant.name}.onnx"
             file.write_bytes(model.SerializeToString())
-            models.append(ModelFile(file.name, sha256_file(file), model.graph.input[0].name,
-                                    {variant.name: model.graph.output[0].name}))
+            models.append(
+                ModelFile(
+                    file.name,
+                    sha256_file(file),
+                    model.graph.input[0].name,
+                    {variant.name: model.graph.output[0].name},
+                )
+            )
         manifest = Manifest(
             variants=list(options.variants),
             backend=options.backend,
@@ -195,8 +207,15 @@ def check_parity(artifact: Artifact, inputs: ParityInputs, mirror: str | None) -
 
 def _tool_versions() -> dict[str, str]:
     versions = {}
-    for package in ("fsanet", "tensorflow-cpu", "tensorflow", "tf2onnx", "onnx", "onnxruntime",
-                    "numpy"):
+    for package in (
+        "fsanet",
+        "tensorflow-cpu",
+        "tensorflow",
+        "tf2onnx",
+        "onnx",
+        "onnxruntime",
+        "numpy",
+    ):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

@@ -6,11 +6,15 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsanet import __version__, progress
 from fsanet.errors import FsanetError
+
+if TYPE_CHECKING:  # the CLI imports heavy modules only inside the command that needs them
+    from fsanet.artifact import Artifact
+    from fsanet.build import BuildOptions
+    from fsanet.engine import PoseEngine
 
 
 def _bool(text: str) -> bool:
@@ -59,7 +63,7 @@ def cmd_dataset(args: argparse.Namespace) -> None:
     )
 
 
-def _build_options(args: argparse.Namespace):  # noqa: ANN202
+def _build_options(args: argparse.Namespace) -> BuildOptions:
     from fsanet.build import BuildOptions
 
     return BuildOptions.create(
@@ -72,13 +76,14 @@ def _build_options(args: argparse.Namespace):  # noqa: ANN202
     )
 
 
-def _describe(artifact) -> str:  # noqa: ANN001
+def _describe(artifact: Artifact) -> str:
     m = artifact.manifest
     batch = "dynamic batch" if m.batch_mode == "dynamic" else f"fixed batch {m.batch_size}"
     parity = m.parity
     return (
         f"engine {artifact.path}\n"
-        f"  variants {', '.join(m.variants)}; {m.backend}, {m.precision}, {batch}, opset {m.opset}\n"
+        f"  variants {', '.join(m.variants)}; {m.backend}, {m.precision}, {batch}, "
+        f"opset {m.opset}\n"
         f"  parity with TensorFlow: max |diff| {parity['max_abs_diff_deg']:.1e}° over "
         f"{parity['num_inputs']} inputs ({parity['num_real']} AFLW2000 crops, "
         f"{parity['num_random']} random); tolerance {parity['tolerance_deg']:g}°"
@@ -92,7 +97,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     _emit(args, {"path": str(artifact.path), **artifact.manifest.to_dict()}, _describe(artifact))
 
 
-def _engine(args: argparse.Namespace):  # noqa: ANN202
+def _engine(args: argparse.Namespace) -> PoseEngine:
     from fsanet.api import load
 
     model = args.engine or (args.models[0] if len(args.models) == 1 else "fusion")
@@ -133,19 +138,34 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mirror", metavar="DIR",
-                   help="local mirror searched before downloading (default: $FSANET_MIRROR)")
+    p.add_argument(
+        "--mirror",
+        metavar="DIR",
+        help="local mirror searched before downloading (default: $FSANET_MIRROR)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+    )
 
 
 def _add_engine_options(p: argparse.ArgumentParser, models_help: str) -> None:
     p.add_argument("models", nargs="*", metavar="MODEL", help=models_help)
     p.add_argument("--precision", default="fp32", help="fp32 (the seed's force_float32)")
     p.add_argument("--backend", default="onnxruntime", help="engine backend (onnxruntime)")
-    p.add_argument("--shape-mutable", type=_bool, default=True, metavar="BOOL",
-                   help="true: any batch size (default); false: a fixed --batch-size")
-    p.add_argument("--batch-size", type=_positive, default=1,
-                   help="the engine's batch size when --shape-mutable false (default 1)")
+    p.add_argument(
+        "--shape-mutable",
+        type=_bool,
+        default=True,
+        metavar="BOOL",
+        help="true: any batch size (default); false: a fixed --batch-size",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=1,
+        help="the engine's batch size when --shape-mutable false (default 1)",
+    )
     p.add_argument("--opset", type=_positive, default=17, help=argparse.SUPPRESS)
 
 
@@ -154,8 +174,55 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num", type=_positive, help="evaluate the first N images (default: all 1969)")
     p.add_argument("--batch", type=_positive, default=32, help="images per engine call (32)")
     p.add_argument("--threads", type=_positive, help="threads per engine session (default 1)")
-    p.add_argument("--dataset", metavar="PATH",
-                   help="AFLW2000 npz, or the AFLW2000-3D zip or folder (default: fetched)")
+    p.add_argument(
+        "--dataset",
+        metavar="PATH",
+        help="AFLW2000 npz, or the AFLW2000-3D zip or folder (default: fetched)",
+    )
+
+
+def _args_fetch(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="capsule, var, noS, fusion, aflw2000-3d, yunet (default: all)",
+    )
+
+
+def _args_dataset(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--source", metavar="PATH", help="AFLW2000-3D zip or folder (default: the pinned release)"
+    )
+    p.add_argument("--output", metavar="NPZ", help="where to write (default: the cache)")
+
+
+def _args_build(p: argparse.ArgumentParser) -> None:
+    _add_engine_options(p, "fusion (default), capsule, var or noS")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+
+
+def _args_eval(p: argparse.ArgumentParser) -> None:
+    _add_engine_options(p, "fusion (default), capsule, var or noS")
+    _add_eval_options(p)
+
+
+Command = tuple[
+    str, str, Callable[[argparse.Namespace], None], Callable[[argparse.ArgumentParser], None]
+]
+
+COMMANDS: list[Command] = [
+    ("fetch", "download and verify model and data files", cmd_fetch, _args_fetch),
+    (
+        "dataset",
+        "build FSA-Net's 64x64 AFLW2000 set from the official release",
+        cmd_dataset,
+        _args_dataset,
+    ),
+    ("build", "convert the TensorFlow graphs into a verified engine", cmd_build, _args_build),
+    ("eval", "evaluate an engine on AFLW2000 (MAE per variant and fused)", cmd_eval, _args_eval),
+    ("run", "one click: fetch, dataset, build, eval", cmd_run, _args_eval),
+]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -166,29 +233,11 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=f"fsanet {__version__}")
     top.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    commands: list[tuple[str, str, Callable[[argparse.Namespace], None]]] = [
-        ("fetch", "download and verify model and data files", cmd_fetch),
-        ("dataset", "build FSA-Net's 64x64 AFLW2000 set from the official release", cmd_dataset),
-        ("build", "convert the TensorFlow graphs into a verified engine", cmd_build),
-        ("eval", "evaluate an engine on AFLW2000 (MAE per variant and fused)", cmd_eval),
-        ("run", "one click: fetch, dataset, build, eval", cmd_run),
-    ]
-    for name, help_text, func in commands:
+    for name, help_text, func, add_arguments in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
         _add_common(p)
-        if name == "fetch":
-            p.add_argument("names", nargs="*", metavar="NAME",
-                           help="capsule, var, noS, fusion, aflw2000-3d, yunet (default: all)")
-        elif name == "dataset":
-            p.add_argument("--source", metavar="PATH",
-                           help="AFLW2000-3D zip or folder (default: the pinned release)")
-            p.add_argument("--output", metavar="NPZ", help="where to write (default: the cache)")
-        else:
-            _add_engine_options(p, "fusion (default), capsule, var or noS")
-            p.add_argument("--force", action="store_true", help="rebuild even if cached") \
-                if name == "build" else _add_eval_options(p)
+        add_arguments(p)
     return top
 
 

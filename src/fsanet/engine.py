@@ -52,8 +52,9 @@ class PoseEngine:
             )
             for model in manifest.models
         ]
-        return cls(parts, name=artifact.name, backend=manifest.backend,
-                   precision=manifest.precision)
+        return cls(
+            parts, name=artifact.name, backend=manifest.backend, precision=manifest.precision
+        )
 
     @classmethod
     def tensorflow_reference(
@@ -105,5 +106,7 @@ class PoseEngine:
         return results.get(FUSION, next(iter(results.values())))
 
     def __repr__(self) -> str:
-        return (f"PoseEngine({self.name!r}, backend={self.backend!r}, "
-                f"precision={self.precision!r}, variants={self.variants})")
+        return (
+            f"PoseEngine({self.name!r}, backend={self.backend!r}, "
+            f"precision={self.precision!r}, variants={self.variants})"
+        )

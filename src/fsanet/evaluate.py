@@ -61,8 +61,7 @@ class EvalReport:
             **main.to_dict(),
             "variants": {k: v.to_dict() for k, v in self.results.items() if k != FUSION},
             "paper": {k: asdict(p) for k in self.results if (p := _paper(k))},
-            "engine": {"name": self.engine, "backend": self.backend,
-                       "precision": self.precision},
+            "engine": {"name": self.engine, "backend": self.backend, "precision": self.precision},
             "seconds": round(self.seconds, 3),
         }
 
@@ -107,5 +106,4 @@ def evaluate(
             bar.update(min(batch, len(images) - i))
     seconds = time.perf_counter() - start
     results = {name: AxisErrors.between(np.concatenate(o), labels) for name, o in outputs.items()}
-    return EvalReport(len(images), results, engine.name, engine.backend, engine.precision,
-                      seconds)
+    return EvalReport(len(images), results, engine.name, engine.backend, engine.precision, seconds)

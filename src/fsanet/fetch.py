@@ -73,9 +73,10 @@ def _download(remote: RemoteFile, target: Path, mirrors: list[Path]) -> None:
     request = urllib.request.Request(remote.url, headers={"User-Agent": "fsanet"})
     try:
         with atomic_path(target) as tmp:
-            with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response, open(
-                tmp, "wb"
-            ) as out:
+            with (
+                urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response,
+                open(tmp, "wb") as out,
+            ):
                 total = int(response.headers.get("Content-Length") or 0) or remote.size
                 with progress.bar(
                     total=total, unit="B", unit_scale=True, desc=remote.filename

@@ -7,6 +7,7 @@ each runner owns its own graph and session. Imported only when the reference is 
 from __future__ import annotations
 
 import os
+from types import ModuleType
 
 import numpy as np
 
@@ -14,9 +15,9 @@ from fsanet.backends.base import Runner
 from fsanet.errors import BuildError
 
 
-def import_tensorflow():  # noqa: ANN201 - the module type is not importable without TF
+def import_tensorflow() -> ModuleType:
     """Import TensorFlow quietly, or explain how to install it."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         import tensorflow as tf
     except ImportError as e:

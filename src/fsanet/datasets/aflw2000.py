@@ -143,8 +143,7 @@ def default_npz_path() -> Path:
 
 def save_npz(data: Aflw2000, names: list[str], path: Path) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, image=data.images, pose=data.poses, name=np.array(names),
-                 img_size=INPUT_SIZE)
+        np.savez(f, image=data.images, pose=data.poses, name=np.array(names), img_size=INPUT_SIZE)
     return path
 
 
