@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from fsanet.artifact import Artifact
+from fsanet.datasets import Aflw2000
+from fsanet.engine import PoseEngine
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FSANET_TEST_MIRROR", REPO.parent / "shared"))
 
@@ -39,14 +43,14 @@ def fsanet_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def aflw2000(shared: Path):  # noqa: ANN201
+def aflw2000(shared: Path) -> Aflw2000:
     from fsanet.datasets import load_aflw2000
 
     return load_aflw2000()
 
 
 @pytest.fixture(scope="session")
-def fusion_artifact(shared: Path):  # noqa: ANN201
+def fusion_artifact(shared: Path) -> Artifact:
     """The default engine: all three variants, ONNX Runtime fp32, dynamic batch."""
     from fsanet.build import BuildOptions, build
 
@@ -54,8 +58,7 @@ def fusion_artifact(shared: Path):  # noqa: ANN201
 
 
 @pytest.fixture(scope="session")
-def fusion_engine(fusion_artifact):  # noqa: ANN001, ANN201
-    from fsanet.engine import PoseEngine
+def fusion_engine(fusion_artifact: Artifact) -> Iterator[PoseEngine]:
 
     with PoseEngine.from_artifact(fusion_artifact) as engine:
         yield engine
