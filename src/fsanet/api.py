@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fsanet.artifact import Artifact
@@ -28,7 +29,7 @@ def load(
     `model` is `fusion` (all three variants, averaged), a variant name, or the path of an
     artifact. Building needs the `build` extra (TensorFlow); a cached engine does not.
     """
-    if Path(model).is_dir():
+    if Path(model).is_dir() or "/" in str(model) or os.sep in str(model):
         return PoseEngine.from_artifact(Artifact.load(model), threads).load()
     options = BuildOptions.create(
         [str(model)], backend, precision, dynamic_batch=dynamic_batch, batch_size=batch_size

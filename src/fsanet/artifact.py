@@ -85,6 +85,8 @@ class Artifact:
         """Read and check an artifact; `verify` also checks every model file's sha256."""
         path = Path(path)
         manifest_path = path / MANIFEST
+        if not path.exists():
+            raise ArtifactError(f"{path} does not exist: give an engine directory or build one")
         if not manifest_path.is_file():
             raise ArtifactError(f"{path} is not an fsanet engine (no {MANIFEST}): build one")
         try:

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from fsanet.backends import check_images, runner_class
+from fsanet.errors import FsanetError, InputError
+
+
+def test_uint8_becomes_float32():
+    images = np.full((2, 64, 64, 3), 200, np.uint8)
+    out = check_images(images)
+    assert out.dtype == np.float32 and out.shape == (2, 64, 64, 3) and out.max() == 200
+
+
+def test_one_crop_gains_a_batch_axis():
+    assert check_images(np.zeros((64, 64, 3), np.float32)).shape == (1, 64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((2, 3, 64, 64), np.float32), r"shape \(2, 3, 64, 64\), expected N x 64 x 64 x 3"),
+        (np.zeros((2, 32, 32, 3), np.float32), "shape"),
+        (np.zeros((2, 64, 64, 3), np.float64), "dtype float64, expected float32 or uint8"),
+        (np.zeros((2, 64, 64, 3), np.int32), "dtype int32"),
+        ([[1, 2, 3]], "expected a numpy array of crops, got list"),
+    ],
+)
+def test_bad_batches_are_rejected(images, message):
+    with pytest.raises(InputError, match=message):
+        check_images(images)
+
+
+def test_nan_is_rejected():
+    images = np.zeros((1, 64, 64, 3), np.float32)
+    images[0, 1, 2, 0] = np.nan
+    with pytest.raises(InputError, match="NaN or infinite"):
+        check_images(images)
+
+
+def test_unknown_backend():
+    with pytest.raises(FsanetError, match="unknown backend 'tensorrt'"):
+        runner_class("tensorrt")

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from fsanet.backends.tensorflow import load_graph_def
+from fsanet.build import BuildOptions, build, normalize_precision
+from fsanet.engine import PoseEngine
+from fsanet.errors import BuildError, FsanetError
+from fsanet.zoo import VARIANTS
+
+
+def test_manifest_describes_the_engine(fusion_artifact):
+    m = fusion_artifact.manifest
+    assert m.variants == ["capsule", "var", "noS"]
+    assert (m.backend, m.precision, m.batch_mode, m.batch_size) == (
+        "onnxruntime",
+        "fp32",
+        "dynamic",
+        None,
+    )
+    assert {v: s["sha256"] for v, s in m.sources.items()} == {
+        v.name: v.file.sha256 for v in VARIANTS.values()
+    }
+    assert {"tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime"} <= set(m.tools)
+    assert [f.file for f in m.models] == ["capsule.onnx", "var.onnx", "noS.onnx"]
+
+
+def test_parity_with_tensorflow_is_recorded(fusion_artifact):
+    parity = fusion_artifact.manifest.parity
+    assert parity["reference"] == "tensorflow" and parity["passed"]
+    assert parity["num_inputs"] >= 32 and parity["num_real"] >= 16 and parity["num_random"] > 0
+    assert 0 < parity["max_abs_diff_deg"] <= 1e-3
+    assert set(parity["per_output_max_abs_diff_deg"]) == {"capsule", "var", "noS", "fusion"}
+
+
+def test_parity_on_fresh_real_and_random_inputs(fusion_engine, aflw2000):
+    rng = np.random.default_rng(123)
+    images = np.concatenate(
+        [
+            aflw2000.images[rng.choice(len(aflw2000), 24, replace=False)].astype(np.float32),
+            rng.uniform(0, 255, (8, 64, 64, 3)).astype(np.float32),
+        ]
+    )
+    with PoseEngine.tensorflow_reference() as reference:
+        theirs = reference.predict_variants(images)
+    ours = fusion_engine.predict_variants(images)
+    for name in ("capsule", "var", "noS", "fusion"):
+        assert np.abs(ours[name] - theirs[name]).max() <= 1e-3, name
+
+
+def test_same_options_reuse_the_artifact(fusion_artifact):
+    stamp = (fusion_artifact.path / "manifest.json").stat().st_mtime_ns
+    again = build(BuildOptions.create(["fusion"], precision="force_float32"))
+    assert again.path == fusion_artifact.path
+    assert (again.path / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_fixed_batch_engine_matches_dynamic(fusion_engine, aflw2000):
+    artifact = build(BuildOptions.create(["capsule"], dynamic_batch=False, batch_size=4))
+    m = artifact.manifest
+    assert (m.variants, m.batch_mode, m.batch_size) == (["capsule"], "fixed", 4)
+    images = aflw2000.images[:10]
+    with PoseEngine.from_artifact(artifact) as engine:
+        fixed = engine(images)
+    np.testing.assert_allclose(fixed, fusion_engine.predict_variants(images)["capsule"], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["fp32", "FP32", "force_float32", "float32"])
+def test_precision_spellings(name):
+    assert normalize_precision(name) == "fp32"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"precision": "fp8"}, "unknown or unsupported precision 'fp8'"),
+        ({"batch_size": 0}, "batch size must be at least 1"),
+        ({"backend": "tensorflow"}, "cannot build engines for backend 'tensorflow'"),
+        ({"models": ["resnet"]}, "unknown model 'resnet'"),
+    ],
+)
+def test_bad_options(kwargs, message):
+    with pytest.raises(FsanetError, match=message):
+        BuildOptions.create(**kwargs)
+
+
+def test_corrupt_graph_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.pb"
+    path.write_bytes(b"\xff\xfe not a graph")
+    with pytest.raises(BuildError, match="is not a TensorFlow frozen graph"):
+        load_graph_def(path)
