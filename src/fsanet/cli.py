@@ -134,6 +134,36 @@ def cmd_run(args: argparse.Namespace) -> None:
     cmd_eval(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from fsanet.bench import benchmark, check_plot_path, parse_batches
+
+    batches = parse_batches(args.batch)
+    if args.plot:
+        check_plot_path(args.plot)  # fail now, not after minutes of measuring
+    report = benchmark(
+        args.models or ["fusion"],
+        batches,
+        iterations=args.iterations,
+        duration=args.duration,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        threads=args.threads,
+        baseline=args.baseline,
+        dataset=args.dataset,
+        peak=args.peak,
+        mirror=args.mirror,
+        precision=args.precision,
+        backend=args.backend,
+        dynamic_batch=args.shape_mutable,
+        batch_size=args.batch_size,
+    )
+    data, text = report.to_dict(), str(report)
+    if args.plot:
+        data["plot"] = str(report.plot(args.plot))
+        text += f"\n\nplot: {data['plot']}"
+    _emit(args, data, text)
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -207,6 +237,32 @@ def _args_eval(p: argparse.ArgumentParser) -> None:
     _add_eval_options(p)
 
 
+def _args_bench(p: argparse.ArgumentParser) -> None:
+    _add_engine_options(
+        p,
+        "fusion (default), capsule, var, noS, an engine directory, or `all` (every variant and "
+        "fusion: the seed's perf.sh)",
+    )
+    p.add_argument("--batch", default="1,16,32", help="batch sizes, comma-separated (1,16,32)")
+    work = p.add_mutually_exclusive_group()
+    work.add_argument("--iterations", type=int, help="timed calls per engine and batch (1000)")
+    work.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="or seconds per engine and batch"
+    )
+    p.add_argument("--warmup", type=int, default=20, help="untimed calls first (20)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
+    p.add_argument("--threads", type=int, default=1, help="threads per engine session (1)")
+    p.add_argument("--baseline", metavar="NAME", help="tensorflow: FSA-Net's own graphs, compared")
+    p.add_argument("--plot", metavar="FILE.png", help="throughput and latency plot")
+    p.add_argument(
+        "--dataset",
+        metavar="PATH",
+        help="input crops: an AFLW2000 npz or release, or `random` (default: the cached "
+        "AFLW2000 set if there, else random)",
+    )
+    p.add_argument("--no-peak", dest="peak", action="store_false", help="skip the matmul peak")
+
+
 Command = tuple[
     str, str, Callable[[argparse.Namespace], None], Callable[[argparse.ArgumentParser], None]
 ]
@@ -222,6 +278,7 @@ COMMANDS: list[Command] = [
     ("build", "convert the TensorFlow graphs into a verified engine", cmd_build, _args_build),
     ("eval", "evaluate an engine on AFLW2000 (MAE per variant and fused)", cmd_eval, _args_eval),
     ("run", "one click: fetch, dataset, build, eval", cmd_run, _args_eval),
+    ("bench", "throughput and latency per batch size, vs TensorFlow", cmd_bench, _args_bench),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +35,17 @@ class PoseEngine:
     @property
     def variants(self) -> list[str]:
         return [v for part in self._parts for v in part.outputs]
+
+    @property
+    def model_files(self) -> list[Path]:
+        """The model file each runner loads (ONNX files, or TensorFlow frozen graphs)."""
+        return [part.runner.model_path for part in self._parts]
+
+    @property
+    def batch_size(self) -> int | None:
+        """The only batch size a fixed-batch engine runs (others are split or padded)."""
+        sizes = {part.runner.batch_size for part in self._parts}
+        return sizes.pop() if len(sizes) == 1 else None
 
     @classmethod
     def from_artifact(cls, artifact: Artifact, threads: int | None = None) -> PoseEngine:
