@@ -1,0 +1,390 @@
+"""Head pose in the wild: detect faces, crop them as FSA-Net expects, run the engine.
+
+`HeadPoseEstimator` is the Python API (a BGR image in, a list of `Face` out);
+`predict` runs it over images, folders, video files and cameras, writing JSON Lines,
+annotated images/videos and returning a `PredictSummary`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from fsanet import progress
+from fsanet.errors import FsanetError
+from fsanet.files import atomic_path
+from fsanet.vision.crop import DEFAULT_RULE, MARGIN, crop_faces
+from fsanet.vision.detect import Detection, Detector, YuNet, check_image
+from fsanet.vision.draw import draw_face
+
+if TYPE_CHECKING:
+    from fsanet.engine import PoseEngine
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2"}
+)
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face: box (x, y, w, h) in pixels, detector score, landmarks, angles in degrees."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    yaw: float
+    pitch: float
+    roll: float
+    landmarks: tuple[tuple[float, float], ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "box": [round(v, 1) for v in self.box],
+            "score": round(self.score, 4),
+            "yaw": round(self.yaw, 2),
+            "pitch": round(self.pitch, 2),
+            "roll": round(self.roll, 2),
+        }
+        if self.landmarks is not None:
+            out["landmarks"] = [[round(x, 1), round(y, 1)] for x, y in self.landmarks]
+        return out
+
+    def __str__(self) -> str:
+        x, y, w, h = self.box
+        return (
+            f"Face(box=({x:.0f}, {y:.0f}, {w:.0f}, {h:.0f}), score={self.score:.2f}, "
+            f"yaw={self.yaw:.1f}, pitch={self.pitch:.1f}, roll={self.roll:.1f})"
+        )
+
+
+class HeadPoseEstimator:
+    """Faces and their head pose in a BGR image: `estimator(image) -> list[Face]`.
+
+    By default: YuNet (score threshold 0.5) finds the faces, each is cropped with the
+    `thirds` rule (see `fsanet.vision.crop`) and all faces of an image go through the
+    fusion engine in one batch. Pass your own `engine` or `detector` to change either.
+    """
+
+    def __init__(
+        self,
+        engine: PoseEngine | None = None,
+        detector: Detector | None = None,
+        *,
+        model: str = "fusion",
+        crop: str = DEFAULT_RULE,
+        margin: float = MARGIN,
+        normalize: bool = False,
+        score_threshold: float = 0.5,
+        mirror: str | None = None,
+    ) -> None:
+        if engine is None:
+            from fsanet.api import load
+
+            engine = load(model, mirror=mirror)
+        self.engine = engine
+        self.detector = detector or YuNet(score_threshold=score_threshold, mirror=mirror)
+        crop_faces(np.zeros((8, 8, 3), np.uint8), [], crop)  # reject an unknown rule early
+        self.crop, self.margin, self.normalize = crop, margin, normalize
+
+    def __call__(self, image: np.ndarray) -> list[Face]:
+        image = check_image(image)
+        return self.estimate(image, self.detector.detect(image))
+
+    def estimate(self, image: np.ndarray, detections: list[Detection]) -> list[Face]:
+        """Angles for faces already detected in `image` (one engine call for all of them)."""
+        if not detections:
+            return []
+        crops = crop_faces(image, detections, self.crop, self.margin, self.normalize)
+        angles = np.asarray(self.engine(crops), np.float64)
+        return [
+            Face(
+                d.box,
+                d.score,
+                float(yaw),
+                float(pitch),
+                float(roll),
+                None if d.landmarks is None else tuple(map(tuple, d.landmarks.tolist())),
+            )
+            for d, (yaw, pitch, roll) in zip(detections, angles, strict=True)
+        ]
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> HeadPoseEstimator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def annotate(image: np.ndarray, faces: list[Face]) -> np.ndarray:
+    """A copy of `image` with every face's box and pose axes drawn."""
+    out = image.copy()
+    for face in faces:
+        draw_face(out, face.box, face.yaw, face.pitch, face.roll, face.score)
+    return out
+
+
+# --- sources -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input: an image file, a video file or a camera index; `name` is used for outputs."""
+
+    kind: str  # "image", "video" or "camera"
+    location: str
+    name: str
+
+
+def collect_sources(paths: list[str]) -> list[Source]:
+    """Expand files, folders (recursive, common image and video formats) and camera indices.
+
+    A path that does not exist is an error for the whole run: it is almost always a typo.
+    """
+    sources: list[Source] = []
+    for text in paths:
+        if text.isdigit() and not Path(text).exists():
+            sources.append(Source("camera", text, f"camera{text}"))
+            continue
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+            )
+            if not found:
+                print(f"fsanet: warning: {path} holds no images or videos", file=sys.stderr)
+            sources += [_file_source(p, p.relative_to(path).as_posix()) for p in found]
+        elif path.exists():
+            sources.append(_file_source(path, path.name))
+        else:
+            raise FsanetError(
+                f"{text} does not exist: give image or video files, folders, or a camera index"
+            )
+    return sources
+
+
+def _file_source(path: Path, name: str) -> Source:
+    kind = "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
+    return Source(kind, str(path), name)
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class PredictSummary:
+    """What a `predict` run did."""
+
+    sources: int = 0
+    failed: list[str] = field(default_factory=list)  # "source: reason"
+    images: int = 0
+    frames: int = 0
+    faces: int = 0
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return (self.images + self.frames) / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sources": self.sources,
+            "failed": self.failed,
+            "images": self.images,
+            "frames": self.frames,
+            "faces": self.faces,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 2),
+            "outputs": self.outputs,
+        }
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.sources - len(self.failed)}/{self.sources} sources: {self.images} images, "
+            f"{self.frames} video frames, {self.faces} faces in {self.seconds:.1f} s "
+            f"({self.fps:.1f} frames/s)"
+        )
+        if self.failed:
+            text += f"; {len(self.failed)} could not be read"
+        return text
+
+
+def _record(source: Source, frame: int | None, index: int, face: Face) -> dict[str, Any]:
+    return {"source": source.location, "frame": frame, "face": index, **face.to_dict()}
+
+
+def _write_image(path: Path, image: np.ndarray) -> None:
+    ok, data = cv2.imencode(path.suffix or ".png", image)
+    if not ok:
+        raise FsanetError(f"cannot encode {path}: OpenCV has no writer for '{path.suffix}'")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.tobytes())
+
+
+def _read_image(path: str) -> np.ndarray | None:
+    # imdecode on the bytes: imread cannot open non-ASCII paths on every platform.
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+
+
+def predict(
+    paths: list[str],
+    estimator: HeadPoseEstimator,
+    *,
+    output_dir: str | Path | None = None,
+    jsonl: IO[str] | None = None,
+    max_frames: int | None = None,
+) -> PredictSummary:
+    """Run `estimator` over every source; files that cannot be read are reported and skipped.
+
+    Raises FsanetError if a path does not exist, or if no source at all could be read.
+    """
+    sources = collect_sources(paths)
+    summary = PredictSummary(sources=len(sources))
+    out_dir = Path(output_dir) if output_dir is not None else None
+    start = time.perf_counter()
+    images = [s for s in sources if s.kind == "image"]
+    with progress.bar(total=len(images), desc="images", unit="img") as bar:
+        for source in images:
+            image = _read_image(source.location)
+            bar.update()
+            if image is None:
+                _fail(summary, source, "not an image OpenCV can decode")
+                continue
+            faces = estimator(image)
+            summary.images += 1
+            summary.faces += len(faces)
+            _emit(jsonl, [_record(source, None, i, f) for i, f in enumerate(faces)])
+            if out_dir is not None:
+                target = out_dir / source.name
+                if target.suffix.lower() not in IMAGE_SUFFIXES:
+                    target = target.with_suffix(".png")
+                _write_image(target, annotate(image, faces))
+                summary.outputs.append(str(target))
+            bar.set_postfix(fps=f"{summary.images / (time.perf_counter() - start):.1f}")
+    for source in (s for s in sources if s.kind != "image"):
+        _run_video(source, estimator, summary, out_dir, jsonl, max_frames)
+    summary.seconds = time.perf_counter() - start
+    if sources and len(summary.failed) == len(sources):
+        raise FsanetError(f"no input could be read ({len(sources)} tried)")
+    return summary
+
+
+def _fail(summary: PredictSummary, source: Source, reason: str) -> None:
+    summary.failed.append(f"{source.location}: {reason}")
+    print(f"fsanet: warning: skipping {source.location}: {reason}", file=sys.stderr)
+
+
+def _emit(jsonl: IO[str] | None, records: list[dict[str, Any]]) -> None:
+    if jsonl is not None:
+        for record in records:
+            jsonl.write(json.dumps(record) + "\n")
+
+
+def _frames(capture: cv2.VideoCapture, max_frames: int | None) -> Iterator[np.ndarray]:
+    count = 0
+    while max_frames is None or count < max_frames:
+        ok, frame = capture.read()
+        if not ok:
+            return
+        count += 1
+        yield frame
+
+
+def _run_video(
+    source: Source,
+    estimator: HeadPoseEstimator,
+    summary: PredictSummary,
+    out_dir: Path | None,
+    jsonl: IO[str] | None,
+    max_frames: int | None,
+) -> None:
+    camera = source.kind == "camera"
+    capture = cv2.VideoCapture(int(source.location) if camera else source.location)
+    if not capture.isOpened():
+        _fail(summary, source, "cannot be opened as a video" if not camera else "no such camera")
+        return
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not camera else 0
+    if max_frames is not None:
+        total = min(total, max_frames) if total > 0 else max_frames
+    target = None
+    if out_dir is not None:
+        target = (out_dir / source.name).with_suffix(".mp4")
+    frames_before = summary.frames
+    try:
+        with (
+            _VideoOut(target, fps, camera) as writer,
+            progress.bar(total=total or None, desc=source.name, unit="frame") as bar,
+        ):
+            start = time.perf_counter()
+            for index, frame in enumerate(_frames(capture, max_frames)):
+                faces = estimator(frame)
+                summary.frames += 1
+                summary.faces += len(faces)
+                _emit(jsonl, [_record(source, index, i, f) for i, f in enumerate(faces)])
+                writer.write(annotate(frame, faces))
+                bar.update()
+                bar.set_postfix(fps=f"{(index + 1) / (time.perf_counter() - start):.1f}")
+    except KeyboardInterrupt:
+        if not camera:
+            raise  # a camera runs until stopped; a file stopped early is an interruption
+    finally:
+        capture.release()
+    if summary.frames == frames_before:
+        _fail(summary, source, "no frame could be decoded")
+    elif target is not None:
+        summary.outputs.append(str(target))
+
+
+class _VideoOut:
+    """An annotated video written beside its final name and renamed into place when done."""
+
+    def __init__(self, target: Path | None, fps: float, keep_on_interrupt: bool) -> None:
+        self.target, self.fps, self.keep_on_interrupt = target, fps, keep_on_interrupt
+        self._writer: cv2.VideoWriter | None = None
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> _VideoOut:
+        if self.target is not None:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = self.target.with_name(f".{self.target.name}.{os.getpid()}.tmp.mp4")
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._tmp is None:
+            return
+        if self._writer is None:
+            height, width = frame.shape[:2]
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, (width, height))
+            if not self._writer.isOpened():
+                raise FsanetError(f"cannot write {self.target}: OpenCV has no mp4v encoder")
+        self._writer.write(frame)
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.release()
+        if self._tmp is None or not self._tmp.exists():
+            return
+        if exc_type is None or (exc_type is KeyboardInterrupt and self.keep_on_interrupt):
+            os.replace(self._tmp, self.target)  # type: ignore[arg-type]
+        else:
+            self._tmp.unlink()

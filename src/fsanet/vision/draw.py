@@ -1,0 +1,76 @@
+"""Drawing results on images: the face box and the three pose axes, FSA-Net's convention."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+_RED, _GREEN, _BLUE, _WHITE = (0, 0, 255), (0, 255, 0), (255, 0, 0), (255, 255, 255)
+
+
+def draw_axis(
+    image: np.ndarray,
+    yaw: float,
+    pitch: float,
+    roll: float,
+    centre: tuple[float, float],
+    size: float,
+    thickness: int = 2,
+) -> None:
+    """Draw the head's x (red, to its left ear), y (green, down) and z (blue, out of the face)
+    axes from `centre`, as FSA-Net's and Hopenet's demos do (yaw is mirrored for the image).
+    """
+    p, y, r = math.radians(pitch), -math.radians(yaw), math.radians(roll)
+    cx, cy = centre
+    axes = (
+        (
+            math.cos(y) * math.cos(r),
+            math.cos(p) * math.sin(r) + math.cos(r) * math.sin(p) * math.sin(y),
+            _RED,
+        ),
+        (
+            -math.cos(y) * math.sin(r),
+            math.cos(p) * math.cos(r) - math.sin(p) * math.sin(y) * math.sin(r),
+            _GREEN,
+        ),
+        (math.sin(y), -math.cos(y) * math.sin(p), _BLUE),
+    )
+    for dx, dy, colour in axes:
+        end = (round(cx + size * dx), round(cy + size * dy))
+        cv2.line(image, (round(cx), round(cy)), end, colour, thickness, cv2.LINE_AA)
+
+
+def draw_face(
+    image: np.ndarray,
+    box: tuple[float, float, float, float],
+    yaw: float,
+    pitch: float,
+    roll: float,
+    score: float | None = None,
+) -> None:
+    """Box, axes from the box centre (half the box size long) and a short label, in place."""
+    x, y, w, h = box
+    thickness = max(1, round(max(image.shape[:2]) / 400))
+    cv2.rectangle(image, (round(x), round(y)), (round(x + w), round(y + h)), _WHITE, thickness)
+    draw_axis(image, yaw, pitch, roll, (x + w / 2, y + h / 2), max(w, h) / 2, thickness + 1)
+    label = f"y{yaw:+.0f} p{pitch:+.0f} r{roll:+.0f}"
+    if score is not None:
+        label += f" {score:.2f}"
+    # White text on a black band above the box: readable on any background.
+    scale = 0.4 * thickness
+    (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    x0 = max(round(x), 0)
+    y0 = max(round(y) - th - base - 2 * thickness, 0)
+    cv2.rectangle(image, (x0, y0), (x0 + tw + 4, y0 + th + base + 4), (0, 0, 0), cv2.FILLED)
+    cv2.putText(
+        image,
+        label,
+        (x0 + 2, y0 + th + 2),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        _WHITE,
+        thickness,
+        cv2.LINE_AA,
+    )
