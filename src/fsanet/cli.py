@@ -164,6 +164,66 @@ def cmd_bench(args: argparse.Namespace) -> None:
     _emit(args, data, text)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from fsanet.serve.app import ServeConfig, serve  # one-line error if the extra is missing
+    from fsanet.serve.limits import Limits
+
+    limits = Limits(
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        max_crops=args.max_crops,
+        max_queue=args.max_queue,
+        body_timeout_s=args.body_timeout,
+        request_timeout_s=args.timeout,
+    )
+    config = ServeConfig(
+        args.host, args.port, args.max_batch, args.max_wait_ms, limits, access_log=args.access_log
+    )
+    engine = _engine(args)
+    try:
+        estimator = None
+        if not args.no_faces:
+            from fsanet.predict import HeadPoseEstimator
+
+            estimator = HeadPoseEstimator(
+                engine, score_threshold=args.score_threshold, mirror=args.mirror
+            )
+        serve(engine, config, estimator)
+    finally:
+        engine.close()
+
+
+def cmd_loadtest(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from fsanet.serve.loadtest import crop_bodies, run_load
+
+    if args.image:
+        image = Path(args.image)
+        if not image.is_file():
+            raise FsanetError(f"{image} does not exist")
+        kind = "image/png" if image.suffix.lower() == ".png" else "image/jpeg"
+        path, bodies, per = "/v1/pose", [image.read_bytes()], 1
+    else:
+        from fsanet.datasets import load_aflw2000
+
+        crops = load_aflw2000(args.dataset, args.mirror).images
+        kind, path, per = "application/x-npy", "/v1/pose/crops", args.crops
+        bodies = crop_bodies(crops, per)
+    report = run_load(
+        args.url.rstrip("/") + path,
+        bodies,
+        content_type=kind,
+        crops_per_request=per,
+        concurrency=args.concurrency,
+        duration_s=args.duration,
+        max_requests=args.requests,
+        timeout_s=args.timeout,
+        warmup_s=args.warmup,
+    )
+    _emit(args, report.to_dict(), str(report))
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -263,6 +323,48 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-peak", dest="peak", action="store_false", help="skip the matmul peak")
 
 
+def _args_serve(p: argparse.ArgumentParser) -> None:
+    _add_engine_options(p, "fusion (default), capsule, var or noS")
+    p.add_argument("--engine", metavar="DIR", help="an engine artifact directory to serve")
+    p.add_argument("--threads", type=_positive, help="threads per engine session (default 1)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (8000; 0: any free port)")
+    p.add_argument("--max-batch", type=_positive, default=32, help="crops per engine call (32)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long the first request of a batch waits for others (5)",
+    )
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit (16)")
+    p.add_argument(
+        "--max-pixels", type=_positive, default=40_000_000, help="image size limit (40000000)"
+    )
+    p.add_argument("--max-crops", type=_positive, default=256, help="crops per request (256)")
+    p.add_argument(
+        "--max-queue", type=_positive, default=4096, help="crops waiting before 503 (4096)"
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
+    p.add_argument("--body-timeout", type=float, default=10.0, help="seconds to send a body (10)")
+    p.add_argument(
+        "--score-threshold", type=float, default=0.5, help="face detector threshold (0.5)"
+    )
+    p.add_argument("--no-faces", action="store_true", help="no face detector: crops only")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+
+
+def _args_loadtest(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", nargs="?", default="http://127.0.0.1:8000", help="a loopback server")
+    p.add_argument("--concurrency", type=_positive, default=32, help="concurrent clients (32)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds measured (30)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring (2)")
+    p.add_argument("--requests", type=_positive, default=1_000_000, help="at most N requests")
+    p.add_argument("--crops", type=_positive, default=1, help="crops per request (1)")
+    p.add_argument("--image", metavar="FILE", help="POST this JPEG/PNG to /v1/pose instead")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
+    p.add_argument("--dataset", metavar="PATH", help="AFLW2000 npz for the crops (cached)")
+
+
 Command = tuple[
     str, str, Callable[[argparse.Namespace], None], Callable[[argparse.ArgumentParser], None]
 ]
@@ -279,6 +381,8 @@ COMMANDS: list[Command] = [
     ("eval", "evaluate an engine on AFLW2000 (MAE per variant and fused)", cmd_eval, _args_eval),
     ("run", "one click: fetch, dataset, build, eval", cmd_run, _args_eval),
     ("bench", "throughput and latency per batch size, vs TensorFlow", cmd_bench, _args_bench),
+    ("serve", "HTTP head-pose service with dynamic batching", cmd_serve, _args_serve),
+    ("loadtest", "load a local `fsanet serve`: throughput, latency", cmd_loadtest, _args_loadtest),
 ]
 
 
