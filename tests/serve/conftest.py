@@ -1,0 +1,144 @@
+"""A real `fsanet serve` in a subprocess on a free loopback port, and helpers to talk to it."""
+
+from __future__ import annotations
+
+import io
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from fsanet.artifact import Artifact
+
+# Runs the CLI like `fsanet serve ...`, then reports the heavy modules the process imported.
+PROBE = (
+    "import sys\n"
+    "from fsanet.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "heavy = sorted(m for m in ('tensorflow', 'tf2onnx', 'keras') if m in sys.modules)\n"
+    "print('IMPORTED=' + ','.join(heavy), file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+START_TIMEOUT_S = 60.0
+NPY = {"content-type": "application/x-npy"}
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def angles(response: httpx.Response) -> np.ndarray:
+    """N x 3 [yaw, pitch, roll] from a /v1/pose/crops answer."""
+    assert response.status_code == 200, response.text
+    return np.array([[p["yaw"], p["pitch"], p["roll"]] for p in response.json()["poses"]])
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    url: str
+    port: int
+    log: Path  # the server's stderr (a file: a pipe nobody reads could fill and block it)
+
+    angles = staticmethod(angles)
+    npy = staticmethod(npy)
+
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+    def post_crops(self, crops: np.ndarray, timeout: float = 30.0) -> httpx.Response:
+        with self.client(timeout) as client:
+            return client.post("/v1/pose/crops", content=npy(crops), headers=NPY)
+
+    def metric(self, sample: str) -> float:
+        """One sample of /metrics, e.g. 'fsanet_requests_total{endpoint="/healthz",status="200"}'
+        (0 when absent)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        for line in text.splitlines():
+            key, _, value = line.rpartition(" ")
+            if key == sample:
+                return float(value)
+        return 0.0
+
+    def stop(self, timeout: float = 30.0) -> tuple[int, str]:
+        """SIGTERM, wait, and return (exit code, stderr)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode, self.log.read_text(errors="replace")
+
+
+def start_server(artifact: Artifact, log: Path, *options: str) -> Server:
+    """`fsanet serve --port 0` on 127.0.0.1; returns once /readyz answers 200."""
+    cmd = [sys.executable, "-c", PROBE, "serve", "--engine", str(artifact.path), "--port", "0"]
+    with log.open("w") as err:
+        proc = subprocess.Popen([*cmd, *options], stdout=subprocess.PIPE, stderr=err, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    line = proc.stdout.readline()  # "fsanet serve: listening on http://127.0.0.1:PORT"
+    match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+    if not match:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"the server did not start: {line!r} {log.read_text()}")
+    port = int(match.group(1))
+    server = Server(proc, f"http://127.0.0.1:{port}", port, log)
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    code, err = server.stop()
+    pytest.fail(f"the server never became ready (exit {code}): {err}")
+
+
+@pytest.fixture(scope="session")
+def server(fusion_artifact: Artifact, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for most tests: small limits so that the limit tests stay cheap."""
+    srv = start_server(
+        fusion_artifact,
+        tmp_path_factory.mktemp("serve") / "server.log",
+        "--max-batch", "32",
+        "--max-wait-ms", "20",
+        "--max-body-mb", "2",
+        "--max-crops", "64",
+        "--max-pixels", "4000000",
+        "--body-timeout", "1",
+    )  # fmt: skip
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def make_server(fusion_artifact: Artifact, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start a server with its own options; stopped at the end of the test."""
+    started: list[Server] = []
+
+    def make(*options: str) -> Server:
+        srv = start_server(fusion_artifact, tmp_path / f"server{len(started)}.log", *options)
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
