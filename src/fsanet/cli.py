@@ -310,7 +310,7 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
         "--duration", type=float, metavar="SECONDS", help="or seconds per engine and batch"
     )
     p.add_argument("--warmup", type=int, default=20, help="untimed calls first (20)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (10)")
     p.add_argument("--threads", type=int, default=1, help="threads per engine session (1)")
     p.add_argument("--baseline", metavar="NAME", help="tensorflow: FSA-Net's own graphs, compared")
     p.add_argument("--plot", metavar="FILE.png", help="throughput and latency plot")

@@ -27,7 +27,7 @@ from fsanet.zoo import FUSION, VARIANTS, get_variant
 DEFAULT_BATCHES = (1, 16, 32)
 DEFAULT_ITERATIONS = 1000  # mm_run's default in the seed's perf.sh
 DEFAULT_WARMUP = 20
-DEFAULT_ROUNDS = 5
+DEFAULT_ROUNDS = 10  # short rounds: load from other processes then hits A and B alike
 ALL = "all"  # the seed's perf.sh: every variant, then the fusion
 BASELINES = ("tensorflow",)
 _POOL = 256  # distinct crops cycled through, so no batch is served twice in a row

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fsanet.errors import FsanetError
 
@@ -41,11 +41,16 @@ def plot_report(report: BenchReport, path: str | Path) -> Path:
     from matplotlib.figure import Figure
 
     path = check_plot_path(path)
-    fig = Figure(figsize=(11, 4.2), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
     batches = list(report.settings.batches)
     labels = report.labels
+    compared = [label for label in labels if report.result(label, batches[0]).ratio]
+    panels = 3 if compared else 2
+    fig = Figure(figsize=(5.5 * panels, 4.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, panels)
+    left, right = axes[0], axes[-1]
+    if compared:
+        _plot_ratios(report, axes[1], compared, batches)
     width = 0.8 / max(1, len(labels))
     for k, label in enumerate(labels):
         rows = [report.result(label, b) for b in batches]
@@ -93,3 +98,28 @@ def plot_report(report: BenchReport, path: str | Path) -> Path:
     except OSError as e:
         raise FsanetError(f"cannot write the plot to {path}: {e.strerror or e}") from e
     return path
+
+
+def _plot_ratios(report: BenchReport, ax: Any, labels: list[str], batches: list[int]) -> None:
+    """Each engine's throughput over its reference's, with the min-max over rounds."""
+    for k, label in enumerate(report.labels):
+        if label not in labels:
+            continue
+        ratios = [report.result(label, b).ratio for b in batches]
+        y = [r.value for r in ratios if r]
+        low = [r.value - r.low for r in ratios if r]
+        high = [r.high - r.value for r in ratios if r]
+        reference = report.result(label, batches[0]).reference
+        ax.errorbar(
+            batches, y, yerr=[low, high], marker="o", capsize=3, color=f"C{k}",
+            label=f"{label} / {reference}",
+        )  # fmt: skip
+    ax.axhline(1.0, color="grey", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("throughput ratio")
+    ax.set_ylim(bottom=0)
+    ax.set_title("ratio to the reference, interleaved (bars: min-max over rounds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
