@@ -39,6 +39,7 @@ def plot_report(report: BenchReport, path: str | Path) -> Path:
     """Throughput vs batch size (bars: min-max over rounds) and latency per call."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     path = check_plot_path(path)
     batches = list(report.settings.batches)
@@ -83,6 +84,9 @@ def plot_report(report: BenchReport, path: str | Path) -> Path:
     left.legend(fontsize=8)
     right.set_xticks(range(len(batches)), [str(b) for b in batches])
     right.set_yscale("log")
+    right.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # labels in any range
+    right.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # 10, not 10^1
+    right.yaxis.set_minor_formatter(NullFormatter())
     right.set_xlabel("batch size")
     right.set_ylabel("ms per call")
     right.set_title("latency (box: p25-p75, whiskers: p1-p99)")
@@ -120,6 +124,6 @@ def _plot_ratios(report: BenchReport, ax: Any, labels: list[str], batches: list[
     ax.set_xlabel("batch size")
     ax.set_ylabel("throughput ratio")
     ax.set_ylim(bottom=0)
-    ax.set_title("ratio to the reference, interleaved (bars: min-max over rounds)", fontsize=10)
+    ax.set_title("throughput / reference's (bars: min-max over rounds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
