@@ -36,7 +36,7 @@ def crops(*ids: float) -> np.ndarray:
     return out
 
 
-def run(coro):  # noqa: ANN001, ANN201 - small test helper
+def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 20))
 
 

@@ -120,5 +120,5 @@ def test_decompression_bomb_is_refused_before_decoding():
     with pytest.raises(HttpError, match="pixels") as e:
         decode_image(png_header(100_000, 100_000), Limits(max_pixels=10_000_000))
     assert e.value.status == 413
-    ok, data = cv2.imencode(".png", np.zeros((10, 10, 3), np.uint8))
+    _, data = cv2.imencode(".png", np.zeros((10, 10, 3), np.uint8))
     assert decode_image(data.tobytes(), Limits()).shape == (10, 10, 3)

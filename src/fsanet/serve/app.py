@@ -8,10 +8,13 @@ is a JSON object `{"error": message, "status": code}`; no input can stop the ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -378,6 +381,26 @@ def _faces(detections: list[Any], angles: np.ndarray) -> list[Any]:
     ]
 
 
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's handlers (SIGINT/SIGTERM start a graceful shutdown), without re-raising
+        the signal afterwards: that would kill the process before the engine is closed, and a
+        drained shutdown is a normal exit (code 0)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def listen(host: str, port: int) -> socket.socket:
     """Bind before starting uvicorn, so a busy port is one clear error (and port 0 works)."""
     try:
@@ -411,7 +434,7 @@ def serve(
         file=sys.stderr,
         flush=True,
     )
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             app,
             log_level="warning",
@@ -421,3 +444,4 @@ def serve(
         )
     )
     server.run(sockets=[sock])
+    print("fsanet serve: stopped", file=sys.stderr, flush=True)
