@@ -117,9 +117,53 @@ def _engine(args: argparse.Namespace) -> PoseEngine:
 def cmd_eval(args: argparse.Namespace) -> None:
     from fsanet.api import evaluate_aflw2000
 
+    if getattr(args, "end_to_end", False):
+        return _eval_end_to_end(args)
     with _engine(args) as engine:
         report = evaluate_aflw2000(engine, args.dataset, args.num, args.batch, args.mirror)
     _emit(args, report.to_dict(), str(report))
+
+
+def _eval_end_to_end(args: argparse.Namespace) -> None:
+    from fsanet.endtoend import E2E_SCORE_THRESHOLD, evaluate_end_to_end
+    from fsanet.predict import HeadPoseEstimator
+
+    if args.dataset and str(args.dataset).endswith(".npz"):
+        raise FsanetError("--end-to-end needs the raw photos: the AFLW2000-3D zip or folder")
+    threshold = E2E_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
+    with HeadPoseEstimator(
+        _engine(args),
+        crop=args.crop,
+        normalize=args.normalize,
+        score_threshold=threshold,
+        mirror=args.mirror,
+    ) as estimator:
+        report = evaluate_end_to_end(estimator, args.dataset, args.num, args.mirror)
+    _emit(args, report.to_dict(), str(report))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from fsanet.api import load
+    from fsanet.predict import HeadPoseEstimator, jsonl_writer, predict
+
+    # JSON Lines go to stdout unless written elsewhere; the summary then goes to stderr.
+    jsonl = args.jsonl or (None if args.output else "-")
+    engine = load(args.engine or args.model, threads=args.threads, mirror=args.mirror)
+    with (
+        HeadPoseEstimator(
+            engine,
+            crop=args.crop,
+            normalize=args.normalize,
+            score_threshold=0.5 if args.score_threshold is None else args.score_threshold,
+            mirror=args.mirror,
+        ) as estimator,
+        jsonl_writer(jsonl) as records,
+    ):
+        summary = predict(
+            args.paths, estimator, output_dir=args.output, jsonl=records, max_frames=args.frames
+        )
+    text = json.dumps(summary.to_dict(), indent=2) if args.json else str(summary)
+    print(text, file=sys.stderr if jsonl == "-" else sys.stdout)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -295,6 +339,42 @@ def _args_build(p: argparse.ArgumentParser) -> None:
 def _args_eval(p: argparse.ArgumentParser) -> None:
     _add_engine_options(p, "fusion (default), capsule, var or noS")
     _add_eval_options(p)
+    p.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="detect -> crop -> pose on the raw AFLW2000 photos (docs/END_TO_END.md)",
+    )
+    _add_face_options(p, "0.1 with --end-to-end: the best detection of each photo")
+
+
+def _add_face_options(p: argparse.ArgumentParser, threshold_default: str) -> None:
+    # fsanet.vision.crop.CROP_RULES, spelled out so that building the parser imports no cv2
+    p.add_argument(
+        "--crop", choices=("thirds", "landmarks", "demo"), default="thirds", help="crop rule"
+    )
+    p.add_argument(
+        "--normalize", action="store_true", help="min-max stretch each crop (FSA-Net's demo)"
+    )
+    p.add_argument(
+        "--score-threshold", type=float, help=f"face detector threshold ({threshold_default})"
+    )
+
+
+def _args_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="images, folders, video files, camera index"
+    )
+    p.add_argument("--output", metavar="DIR", help="write annotated images and videos here")
+    p.add_argument(
+        "--jsonl",
+        metavar="FILE",
+        help="one JSON record per face ('-': stdout, the default without --output)",
+    )
+    p.add_argument("--model", default="fusion", help="fusion (default), capsule, var or noS")
+    p.add_argument("--engine", metavar="DIR", help="an engine artifact directory")
+    p.add_argument("--threads", type=_positive, help="threads per engine session (default 1)")
+    p.add_argument("--frames", type=_positive, help="at most N frames per video or camera")
+    _add_face_options(p, "0.5")
 
 
 def _args_bench(p: argparse.ArgumentParser) -> None:
@@ -380,6 +460,7 @@ COMMANDS: list[Command] = [
     ("build", "convert the TensorFlow graphs into a verified engine", cmd_build, _args_build),
     ("eval", "evaluate an engine on AFLW2000 (MAE per variant and fused)", cmd_eval, _args_eval),
     ("run", "one click: fetch, dataset, build, eval", cmd_run, _args_eval),
+    ("predict", "head pose of every face in images, folders, video", cmd_predict, _args_predict),
     ("bench", "throughput and latency per batch size, vs TensorFlow", cmd_bench, _args_bench),
     ("serve", "HTTP head-pose service with dynamic batching", cmd_serve, _args_serve),
     ("loadtest", "load a local `fsanet serve`: throughput, latency", cmd_loadtest, _args_loadtest),

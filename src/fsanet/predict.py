@@ -7,6 +7,7 @@ annotated images/videos and returning a `PredictSummary`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -233,6 +234,18 @@ def _write_image(path: Path, image: np.ndarray) -> None:
         raise FsanetError(f"cannot encode {path}: OpenCV has no writer for '{path.suffix}'")
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.tobytes())
+
+
+@contextlib.contextmanager
+def jsonl_writer(path: str | Path | None) -> Iterator[IO[str] | None]:
+    """Where JSON Lines go: None (nowhere), '-' (stdout) or a file written atomically."""
+    if path is None:
+        yield None
+    elif str(path) == "-":
+        yield sys.stdout
+    else:
+        with atomic_path(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as out:
+            yield out
 
 
 def _read_image(path: str) -> np.ndarray | None:

@@ -69,12 +69,17 @@ class YuNet:
         if not 0.0 <= score_threshold <= 1.0:
             raise FsanetError(f"score threshold must lie in [0, 1], got {score_threshold}")
         path = Path(model) if model else fetch(YUNET, mirror)
+        # OpenCV 5 warns on every load that its new graph engine ignores targets: noise.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         try:
             self._net = cv2.FaceDetectorYN.create(
                 str(path), "", (320, 320), score_threshold, nms_threshold, top_k
             )
         except cv2.error as e:
             raise FsanetError(f"{path} cannot be loaded as a YuNet model ({e})") from e
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         self.score_threshold = score_threshold
         self.max_side = max_side
 
