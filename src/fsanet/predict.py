@@ -243,6 +243,10 @@ def jsonl_writer(path: str | Path | None) -> Iterator[IO[str] | None]:
         yield None
     elif str(path) == "-":
         yield sys.stdout
+    elif Path(path).exists() and not Path(path).is_file():
+        # A device or pipe (/dev/null, a FIFO): write to it, never rename over it.
+        with open(path, "w", encoding="utf-8") as out:
+            yield out
     else:
         with atomic_path(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as out:
             yield out

@@ -1,0 +1,62 @@
+"""YuNet on real AFLW2000 photos: faces, landmarks, empty results, input checks."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fsanet.errors import FsanetError, InputError
+from fsanet.vision.detect import YuNet
+
+pytestmark = pytest.mark.real
+
+
+def photo(shared: Path, number: int) -> np.ndarray:
+    with zipfile.ZipFile(shared / "datasets" / "AFLW2000-3D.zip") as z:
+        data = z.read(f"AFLW2000/image{number:05d}.jpg")
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+@pytest.fixture(scope="module")
+def yunet(shared: Path) -> YuNet:
+    return YuNet()
+
+
+def test_finds_the_face_with_landmarks_inside_its_box(yunet: YuNet, shared: Path) -> None:
+    faces = yunet.detect(photo(shared, 2))
+    assert len(faces) == 1 and faces[0].score > 0.9
+    x, y, w, h = faces[0].box
+    marks = faces[0].landmarks
+    assert marks is not None and marks.shape == (5, 2)
+    assert ((marks >= [x, y]) & (marks <= [x + w, y + h])).all()
+    assert marks[0, 0] < marks[1, 0]  # the subject's right eye is on the image's left
+
+
+def test_no_face_is_an_empty_list(yunet: YuNet) -> None:
+    assert yunet.detect(np.full((300, 400, 3), 127, np.uint8)) == []
+
+
+def test_large_images_are_scaled_for_the_detector_and_back(shared: Path) -> None:
+    image = photo(shared, 2)
+    small = YuNet().detect(image)[0]
+    big = YuNet(max_side=450).detect(cv2.resize(image, (900, 900)))[0]
+    np.testing.assert_allclose(big.box, np.array(small.box) * 2, atol=8)
+
+
+def test_grayscale_and_bgra_are_accepted(yunet: YuNet, shared: Path) -> None:
+    image = photo(shared, 2)
+    assert len(yunet.detect(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))) == 1
+    assert len(yunet.detect(cv2.cvtColor(image, cv2.COLOR_BGR2BGRA))) == 1
+
+
+def test_bad_input_is_a_user_error(yunet: YuNet) -> None:
+    with pytest.raises(InputError, match="dtype float32"):
+        yunet.detect(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(InputError, match="numpy BGR image"):
+        yunet.detect("photo.jpg")  # type: ignore[arg-type]
+    with pytest.raises(FsanetError, match="score threshold"):
+        YuNet(score_threshold=1.5)
