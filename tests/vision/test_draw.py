@@ -34,5 +34,5 @@ def test_yaw_turns_the_face_axis_sideways() -> None:
 def test_draw_face_marks_the_box_and_the_label() -> None:
     image = np.zeros((200, 200, 3), np.uint8)
     draw_face(image, (50, 60, 80, 100), 10.0, -5.0, 3.0, 0.93)
-    assert (image[160, 50:130] == 255).all()  # the box's bottom edge
+    assert (image[160, 52:80] == 255).all()  # the box's bottom edge, left of the y axis
     assert image[:60].any()  # the label above it
