@@ -23,7 +23,7 @@ import numpy as np
 from fsanet import progress
 from fsanet.errors import FsanetError
 from fsanet.files import atomic_path
-from fsanet.vision.crop import DEFAULT_RULE, MARGIN, crop_faces
+from fsanet.vision.crop import CROP_RULES, DEFAULT_RULE, MARGIN, crop_faces
 from fsanet.vision.detect import Detection, Detector, YuNet, check_image
 from fsanet.vision.draw import draw_face
 
@@ -93,7 +93,8 @@ class HeadPoseEstimator:
             engine = load(model, mirror=mirror)
         self.engine = engine
         self.detector = detector or YuNet(score_threshold=score_threshold, mirror=mirror)
-        crop_faces(np.zeros((8, 8, 3), np.uint8), [], crop)  # reject an unknown rule early
+        if crop not in CROP_RULES:  # fail now, not at the first face
+            raise FsanetError(f"unknown crop rule '{crop}': choose one of {', '.join(CROP_RULES)}")
         self.crop, self.margin, self.normalize = crop, margin, normalize
 
     def __call__(self, image: np.ndarray) -> list[Face]:
@@ -196,6 +197,9 @@ class PredictSummary:
     faces: int = 0
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
+
+    def outputs_paths(self) -> list[Path]:
+        return [Path(p) for p in self.outputs]
 
     @property
     def fps(self) -> float:
