@@ -346,7 +346,7 @@ def test_timeout_gives_503(make_server, crops):
 
 
 def test_full_queue_gives_503_and_client_gone_is_dropped(make_server, crops):
-    srv = make_server("--no-faces", "--max-wait-ms", "1500", "--max-queue", "3")
+    srv = make_server("--no-faces", "--max-wait-ms", "3000", "--max-queue", "3")
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(srv.post_crops, crops[:2])
         _wait_for(lambda: srv.metric("fsanet_queue_depth") == 2)

@@ -207,3 +207,15 @@ def test_metrics_count_batches_and_queue_depth():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError):
         DynamicBatcher(FakeEngine(), max_batch=0)
+
+
+def test_serve_config_refuses_bad_settings():
+    from fsanet.errors import FsanetError
+    from fsanet.serve.app import ServeConfig
+    from fsanet.serve.limits import Limits
+
+    with pytest.raises(FsanetError, match="max wait must be 0 or more"):
+        ServeConfig(max_wait_ms=-1)
+    with pytest.raises(FsanetError, match="request timeout must be positive"):
+        ServeConfig(limits=Limits(request_timeout_s=0))
+    assert ServeConfig(max_wait_ms=0).max_wait_ms == 0

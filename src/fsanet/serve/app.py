@@ -70,6 +70,28 @@ class ServeConfig:
     graceful_timeout_s: float = 30.0  # how long shutdown waits for requests in flight
     access_log: bool = False
 
+    def __post_init__(self) -> None:
+        lim = self.limits
+        problems = [
+            f"{name} must be positive, got {value:g}"
+            for name, value in (
+                ("max batch", self.max_batch),
+                ("body limit", lim.max_body_bytes),
+                ("pixel limit", lim.max_pixels),
+                ("crops per request", lim.max_crops),
+                ("queue limit", lim.max_queue),
+                ("body timeout", lim.body_timeout_s),
+                ("request timeout", lim.request_timeout_s),
+            )
+            if value <= 0
+        ]
+        if self.max_wait_ms < 0:
+            problems.append(f"max wait must be 0 or more, got {self.max_wait_ms:g} ms")
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port must lie in [0, 65535], got {self.port}")
+        if problems:
+            raise FsanetError("; ".join(problems))
+
 
 class _ClientGone(Exception):
     pass
@@ -281,7 +303,10 @@ def create_app(
         if kind not in (*NPY_TYPES, "application/json"):
             raise HttpError(415, f"send application/x-npy or application/json, not {kind!r}")
         body = await _body(request, limits)
-        crops = parse_npy(body) if kind in NPY_TYPES else parse_crops_json(body)
+        if kind in NPY_TYPES:
+            crops = parse_npy(body)  # a header check and a zero-copy view: cheap
+        else:  # megabytes of JSON take a while: not on the event loop
+            crops = await asyncio.get_running_loop().run_in_executor(None, parse_crops_json, body)
         angles = await service.angles(request, check_crops(crops, limits))
         poses = [{"yaw": y, "pitch": p, "roll": r} for y, p, r in angles.tolist()]
         return JSONResponse({"model": engine.name, "count": len(poses), "poses": poses})
