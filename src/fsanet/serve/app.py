@@ -67,7 +67,7 @@ class ServeConfig:
     max_batch: int = 32
     max_wait_ms: float = 5.0
     limits: Limits = field(default_factory=Limits)
-    graceful_timeout_s: float = 30.0  # how long shutdown waits for requests in flight
+    graceful_timeout_s: int = 30  # seconds; how long shutdown waits for requests in flight
     access_log: bool = False
 
     def __post_init__(self) -> None:
@@ -228,7 +228,7 @@ class _Observe:
 
 
 def _body_doc(*types: str, description: str) -> dict[str, Any]:
-    content = {t: {"schema": {"type": "string", "format": "binary"}} for t in types}
+    content: dict[str, Any] = {t: {"schema": {"type": "string", "format": "binary"}} for t in types}
     if "application/json" in types:
         content["application/json"] = {
             "schema": {

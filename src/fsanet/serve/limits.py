@@ -112,8 +112,7 @@ def parse_npy(data: bytes) -> np.ndarray:
             f"{len(data) - offset} bytes follow",
         )
     array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-    order = "F" if fortran else "C"
-    return array.reshape(shape, order=order)
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
 def parse_crops_json(data: bytes) -> np.ndarray:

@@ -88,7 +88,7 @@ def loopback_target(url: str) -> tuple[str, int, str]:
         raise FsanetError(f"expected an http://127.0.0.1:PORT/... URL, got {url!r}")
     try:
         port = parts.port or 80
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, port)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(parts.hostname, port)}
     except (OSError, ValueError) as e:
         raise FsanetError(f"cannot resolve {url!r}: {e}") from None
     if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):

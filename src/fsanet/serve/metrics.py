@@ -98,7 +98,7 @@ class ServeMetrics:
         )
         self.crops = Counter("fsanet_crops_total", "Crops run through the engine.")
         self.faces = Counter("fsanet_faces_total", "Faces found by POST /v1/pose.")
-        self._all = [
+        self._all: list[Counter | Gauge | Histogram] = [
             self.requests,
             self.latency,
             self.batch_size,
