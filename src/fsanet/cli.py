@@ -247,7 +247,7 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
         if not image.is_file():
             raise FsanetError(f"{image} does not exist")
         kind = "image/png" if image.suffix.lower() == ".png" else "image/jpeg"
-        path, bodies, per = "/v1/pose", [image.read_bytes()], 1
+        path, bodies, per = "/v1/pose", [image.read_bytes()], None
     else:
         from fsanet.datasets import load_aflw2000
 
