@@ -33,7 +33,7 @@ class LoadReport:
 
     url: str
     concurrency: int
-    crops_per_request: int
+    crops_per_request: int | None  # None: images (the faces per image are the server's to find)
     duration_s: float
     ok: int
     errors: int
@@ -62,7 +62,11 @@ class LoadReport:
             "errors": self.errors,
             "statuses": self.statuses,
             "throughput_rps": round(self.throughput, 1),
-            "crops_per_s": round(self.throughput * self.crops_per_request, 1),
+            "crops_per_s": (
+                None
+                if self.crops_per_request is None
+                else round(self.throughput * self.crops_per_request, 1)
+            ),
             "latency_ms": lat,
             "server_mean_batch": None if self.mean_batch is None else round(self.mean_batch, 2),
         }
@@ -70,12 +74,13 @@ class LoadReport:
     def __str__(self) -> str:
         statuses = ", ".join(f"{k} x{v}" for k, v in sorted(self.statuses.items()))
         batch = "" if self.mean_batch is None else f"; server mean batch {self.mean_batch:.1f}"
+        per = self.crops_per_request
+        what = "one image per request" if per is None else f"{per} crop(s) per request"
+        crops = "" if per is None else f", {self.throughput * per:.1f} crops/s"
         return (
-            f"loadtest {self.url}: {self.concurrency} clients, {self.duration_s:.1f} s, "
-            f"{self.crops_per_request} crop(s) per request\n"
+            f"loadtest {self.url}: {self.concurrency} clients, {self.duration_s:.1f} s, {what}\n"
             f"  {self.ok} ok, {self.errors} errors ({statuses or 'none'})\n"
-            f"  throughput {self.throughput:.1f} req/s, "
-            f"{self.throughput * self.crops_per_request:.1f} crops/s{batch}\n"
+            f"  throughput {self.throughput:.1f} req/s{crops}{batch}\n"
             f"  latency ms: p50 {self.percentile(50):.1f}  p90 {self.percentile(90):.1f}  "
             f"p99 {self.percentile(99):.1f}"
         )
@@ -159,7 +164,7 @@ async def _run(
     url: str,
     bodies: list[bytes],
     content_type: str,
-    crops_per_request: int,
+    crops_per_request: int | None,
     concurrency: int,
     duration_s: float,
     max_requests: int,
@@ -239,7 +244,7 @@ def run_load(
     bodies: list[bytes],
     *,
     content_type: str = "application/x-npy",
-    crops_per_request: int = 1,
+    crops_per_request: int | None = 1,
     concurrency: int = 32,
     duration_s: float = 30.0,
     max_requests: int = 1_000_000,
