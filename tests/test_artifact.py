@@ -34,15 +34,15 @@ def test_manifest_missing_a_field(copy):
 
 
 def test_damaged_model(copy):
-    model = copy / "var.onnx"
+    model = copy / "fusion.onnx"
     model.write_bytes(model.read_bytes()[:1000])
-    with pytest.raises(ArtifactError, match=r"var\.onnx does not match its manifest"):
+    with pytest.raises(ArtifactError, match=r"fusion\.onnx does not match its manifest"):
         Artifact.load(copy)
 
 
 def test_missing_model(copy):
-    (copy / "noS.onnx").unlink()
-    with pytest.raises(ArtifactError, match=r"noS\.onnx is missing"):
+    (copy / "fusion.onnx").unlink()
+    with pytest.raises(ArtifactError, match=r"fusion\.onnx is missing"):
         Artifact.load(copy)
 
 
@@ -52,7 +52,7 @@ def test_not_an_artifact(tmp_path):
 
 
 def test_cli_eval_on_damaged_artifact_is_one_line(copy, capsys):
-    (copy / "capsule.onnx").write_bytes(b"oops")
+    (copy / "fusion.onnx").write_bytes(b"oops")
     assert main(["eval", "--engine", str(copy), "-q"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("fsanet: error: ") and "capsule.onnx" in err and err.count("\n") == 1
+    assert err.startswith("fsanet: error: ") and "fusion.onnx" in err and err.count("\n") == 1

@@ -21,7 +21,19 @@ def test_manifest_describes_the_engine(fusion_artifact):
         v.name: v.file.sha256 for v in VARIANTS.values()
     }
     assert {"tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime"} <= set(m.tools)
-    assert [f.file for f in m.models] == ["capsule.onnx", "var.onnx", "noS.onnx"]
+    assert [f.file for f in m.models] == ["fusion.onnx"]  # one fused graph
+    assert m.models[0].outputs == {
+        "capsule": "capsule",
+        "var": "var",
+        "noS": "noS",
+        "fusion": "fusion",
+    }
+    assert m.extra["passes"] == [
+        "batch_capsule_map",
+        "fold_constants",
+        "drop_dead_nodes",
+        "fuse_variants",
+    ]
 
 
 def test_parity_with_tensorflow_is_recorded(fusion_artifact):
@@ -72,7 +84,11 @@ def test_precision_spellings(name):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"precision": "fp8"}, "unknown or unsupported precision 'fp8'"),
+        ({"precision": "fp8"}, "unknown precision 'fp8'"),
+        ({"precision": "bf16"}, "precision bf16 is not available on onnxruntime: use openvino"),
+        ({"precision": "fp16", "backend": "openvino"}, "fp16 is not available on openvino"),
+        ({"precision": "int8", "calibration_size": 0}, "int8 needs calibration data"),
+        ({"precision": "int8", "calibration_method": "mse"}, "unknown calibration method 'mse'"),
         ({"batch_size": 0}, "batch size must be at least 1"),
         ({"backend": "tensorflow"}, "cannot build engines for backend 'tensorflow'"),
         ({"models": ["resnet"]}, "unknown model 'resnet'"),
@@ -88,3 +104,39 @@ def test_corrupt_graph_is_a_clear_error(tmp_path):
     path.write_bytes(b"\xff\xfe not a graph")
     with pytest.raises(BuildError, match="is not a TensorFlow frozen graph"):
         load_graph_def(path)
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision"),
+    [("onnxruntime", "fp16"), ("onnxruntime", "int8"), ("openvino", "bf16"), ("openvino", "int8")],
+)
+def test_reduced_precisions_stay_within_their_bound(backend, precision, aflw2000):
+    from fsanet.convert.precision import PRECISIONS
+
+    artifact = build(BuildOptions.create(backend=backend, precision=precision))
+    accuracy = artifact.manifest.extra["accuracy"]
+    bound = PRECISIONS[precision].mae_bound
+    assert accuracy["bound"] == bound and accuracy["within_bound"], accuracy
+    assert abs(accuracy["mae"] - accuracy["mae_fp32_tensorflow"]) <= bound
+    assert accuracy["mae_fp32_tensorflow"] == pytest.approx(5.07, abs=0.01)
+    if precision in ("fp16", "int8"):  # calibrated: the held-out images are scored apart
+        calibration = artifact.manifest.extra["calibration"]
+        assert calibration["size"] == 200 and len(calibration["indices"]) == 200
+        assert accuracy["num_held_out"] == 1969 - 200
+        assert abs(accuracy["mae_held_out"] - accuracy["mae_fp32_tensorflow_held_out"]) <= bound
+    # The engine really runs at that precision and gives the recorded numbers.
+    from fsanet.api import evaluate_aflw2000
+
+    with PoseEngine.from_artifact(artifact) as engine:
+        report = evaluate_aflw2000(engine)
+    assert report.results["fusion"].mae == pytest.approx(accuracy["mae"], abs=1e-3)
+
+
+def test_unoptimized_unfused_build_still_matches(fusion_engine, aflw2000):
+    artifact = build(BuildOptions.create(optimize=False, fuse=False))
+    m = artifact.manifest
+    assert [f.file for f in m.models] == ["capsule.onnx", "var.onnx", "noS.onnx"]
+    assert m.extra["passes"] == [] and m.parity["passed"]
+    with PoseEngine.from_artifact(artifact) as plain:
+        images = aflw2000.images[:20]
+        np.testing.assert_allclose(plain(images), fusion_engine(images), atol=2e-4)

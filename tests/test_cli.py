@@ -58,7 +58,7 @@ def test_build_json_is_the_manifest(fusion_artifact, capsys):
     ("args", "message"),
     [
         (["eval", "resnet"], "fsanet: error: unknown model 'resnet'"),
-        (["eval", "--precision", "int4"], "fsanet: error: unknown or unsupported precision"),
+        (["eval", "--precision", "int4"], "fsanet: error: unknown precision"),
         (["eval", "--dataset", "/nonexistent/AFLW2000.npz"], "fsanet: error: /nonexistent"),
         (["eval", "--engine", "/nonexistent"], "fsanet: error: /nonexistent"),
     ],

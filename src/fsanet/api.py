@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from fsanet.artifact import Artifact
 from fsanet.build import BuildOptions, build, find_artifact
@@ -16,24 +17,21 @@ from fsanet.evaluate import EvalReport, evaluate
 def load(
     model: str | Path = "fusion",
     *,
-    precision: str = "fp32",
-    backend: str = "onnxruntime",
-    dynamic_batch: bool = True,
-    batch_size: int = 1,
     threads: int | None = None,
     mirror: str | None = None,
     build_missing: bool = True,
+    **options: Any,
 ) -> PoseEngine:
     """A ready pose engine: an artifact directory, or a model name built on demand.
 
     `model` is `fusion` (all three variants, averaged), a variant name, or the path of an
-    artifact. Building needs the `build` extra (TensorFlow); a cached engine does not.
+    artifact. `options` are `BuildOptions.create`'s (precision="bf16", backend="openvino",
+    dynamic_batch, batch_size, ...). `threads` is the number of cores to use (default:
+    all). Building needs the `build` extra (TensorFlow); a cached engine does not.
     """
     if Path(model).is_dir() or "/" in str(model) or os.sep in str(model):
         return PoseEngine.from_artifact(Artifact.load(model), threads).load()
-    options = BuildOptions.create(
-        [str(model)], backend, precision, dynamic_batch=dynamic_batch, batch_size=batch_size
-    )
+    options = BuildOptions.create([str(model)], **options)
     artifact = find_artifact(options)
     if artifact is None:
         if not build_missing:

@@ -26,7 +26,9 @@ class ModelFile:
     file: str
     sha256: str
     input: str
-    outputs: dict[str, str]  # variant name -> output tensor name
+    outputs: dict[str, str]  # variant name (or `fusion`) -> output tensor name
+    weights: str | None = None  # a second file the model needs (OpenVINO's .bin)
+    weights_sha256: str | None = None
 
 
 @dataclass
@@ -98,12 +100,17 @@ class Artifact:
         artifact = cls(path, manifest)
         if verify:
             for model in manifest.models:
-                file = artifact.model_path(model)
-                if not file.is_file():
-                    raise ArtifactError(f"{file} is missing: rebuild with `fsanet build --force`")
-                if sha256_file(file) != model.sha256:
-                    raise ArtifactError(
-                        f"{file} does not match its manifest (sha256 differs): the model is "
-                        "damaged; rebuild with `fsanet build --force`"
-                    )
+                _verify(path / model.file, model.sha256)
+                if model.weights:
+                    _verify(path / model.weights, model.weights_sha256)
         return artifact
+
+
+def _verify(file: Path, sha256: str | None) -> None:
+    if not file.is_file():
+        raise ArtifactError(f"{file} is missing: rebuild with `fsanet build --force`")
+    if sha256_file(file) != sha256:
+        raise ArtifactError(
+            f"{file} does not match its manifest (sha256 differs): the model is "
+            "damaged; rebuild with `fsanet build --force`"
+        )

@@ -66,28 +66,48 @@ def cmd_dataset(args: argparse.Namespace) -> None:
 def _build_options(args: argparse.Namespace) -> BuildOptions:
     from fsanet.build import BuildOptions
 
-    return BuildOptions.create(
-        args.models or None,
-        args.backend,
-        args.precision,
-        dynamic_batch=args.shape_mutable,
-        batch_size=args.batch_size,
-        opset=args.opset,
-    )
+    return BuildOptions.create(args.models or None, **_option_values(args))
+
+
+def _option_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options of `_add_engine_options`, as BuildOptions.create's arguments."""
+    return {
+        "backend": args.backend,
+        "precision": args.precision,
+        "dynamic_batch": args.shape_mutable,
+        "batch_size": args.batch_size,
+        "opset": args.opset,
+        "optimize": args.optimize,
+        "fuse": args.fuse,
+        "calibration_method": args.calibration_method,
+        "calibration_size": args.calibration_size,
+    }
 
 
 def _describe(artifact: Artifact) -> str:
     m = artifact.manifest
     batch = "dynamic batch" if m.batch_mode == "dynamic" else f"fixed batch {m.batch_size}"
     parity = m.parity
-    return (
-        f"engine {artifact.path}\n"
+    tolerance = parity["tolerance_deg"]
+    lines = [
+        f"engine {artifact.path}",
         f"  variants {', '.join(m.variants)}; {m.backend}, {m.precision}, {batch}, "
-        f"opset {m.opset}\n"
+        f"opset {m.opset}; passes: {', '.join(m.extra.get('passes', [])) or 'none'}",
         f"  parity with TensorFlow: max |diff| {parity['max_abs_diff_deg']:.1e}° over "
         f"{parity['num_inputs']} inputs ({parity['num_real']} AFLW2000 crops, "
-        f"{parity['num_random']} random); tolerance {parity['tolerance_deg']:g}°"
-    )
+        f"{parity['num_random']} random)"
+        + (f"; tolerance {tolerance:g}°" if tolerance is not None else ""),
+    ]
+    if accuracy := m.extra.get("accuracy"):
+        verdict = {True: "within", False: "OUTSIDE", None: "no"}[accuracy["within_bound"]]
+        lines.append(
+            f"  AFLW2000 fusion MAE {accuracy['mae']:.3f}° vs "
+            f"{accuracy['mae_fp32_tensorflow']:.3f}° for fp32 TensorFlow "
+            f"({accuracy['delta']:+.3f}°, {verdict} bound"
+            + (f" ±{accuracy['bound']}°" if accuracy["bound"] is not None else "")
+            + f"); held-out {accuracy['mae_held_out']:.3f}° on {accuracy['num_held_out']} images"
+        )
+    return "\n".join(lines)
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -103,15 +123,7 @@ def _engine(args: argparse.Namespace) -> PoseEngine:
     model = args.engine or (args.models[0] if len(args.models) == 1 else "fusion")
     if len(args.models) > 1:
         raise FsanetError("evaluate one model at a time: fusion, a variant, or --engine PATH")
-    return load(
-        model,
-        precision=args.precision,
-        backend=args.backend,
-        dynamic_batch=args.shape_mutable,
-        batch_size=args.batch_size,
-        threads=args.threads,
-        mirror=args.mirror,
-    )
+    return load(model, threads=args.threads, mirror=args.mirror, **_option_values(args))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -196,10 +208,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         dataset=args.dataset,
         peak=args.peak,
         mirror=args.mirror,
-        precision=args.precision,
-        backend=args.backend,
-        dynamic_batch=args.shape_mutable,
-        batch_size=args.batch_size,
+        **_option_values(args),
     )
     data, text = report.to_dict(), str(report)
     if args.plot:
@@ -285,8 +294,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_engine_options(p: argparse.ArgumentParser, models_help: str) -> None:
     p.add_argument("models", nargs="*", metavar="MODEL", help=models_help)
-    p.add_argument("--precision", default="fp32", help="fp32 (the seed's force_float32)")
-    p.add_argument("--backend", default="onnxruntime", help="engine backend (onnxruntime)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32, fp16, bf16 (openvino) or int8; the seed's force_float32, force_float16 "
+        "and qint8_mixed_float16 too (default fp32)",
+    )
+    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or openvino")
     p.add_argument(
         "--shape-mutable",
         type=_bool,
@@ -301,13 +315,36 @@ def _add_engine_options(p: argparse.ArgumentParser, models_help: str) -> None:
         help="the engine's batch size when --shape-mutable false (default 1)",
     )
     p.add_argument("--opset", type=_positive, default=17, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--calibration-method",
+        default="minmax",
+        help="int8 calibration: minmax (default), entropy or percentile",
+    )
+    p.add_argument(
+        "--calibration-size",
+        type=int,
+        default=200,
+        help="calibration images, a fixed subset of AFLW2000 (default 200; fp16 and int8)",
+    )
+    p.add_argument(
+        "--no-optimize",
+        dest="optimize",
+        action="store_false",
+        help="skip the graph passes (keep tf2onnx's graph with the capsule Loop)",
+    )
+    p.add_argument(
+        "--no-fuse",
+        dest="fuse",
+        action="store_false",
+        help="one model per variant instead of one fused graph",
+    )
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", metavar="DIR", help="an engine artifact directory to evaluate")
     p.add_argument("--num", type=_positive, help="evaluate the first N images (default: all 1969)")
     p.add_argument("--batch", type=_positive, default=32, help="images per engine call (32)")
-    p.add_argument("--threads", type=_positive, help="threads per engine session (default 1)")
+    p.add_argument("--threads", type=_positive, help="cores to use (default: all available)")
     p.add_argument(
         "--dataset",
         metavar="PATH",
@@ -372,7 +409,7 @@ def _args_predict(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model", default="fusion", help="fusion (default), capsule, var or noS")
     p.add_argument("--engine", metavar="DIR", help="an engine artifact directory")
-    p.add_argument("--threads", type=_positive, help="threads per engine session (default 1)")
+    p.add_argument("--threads", type=_positive, help="cores to use (default: all available)")
     p.add_argument("--frames", type=_positive, help="at most N frames per video or camera")
     _add_face_options(p, "0.5")
 
@@ -406,7 +443,7 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
 def _args_serve(p: argparse.ArgumentParser) -> None:
     _add_engine_options(p, "fusion (default), capsule, var or noS")
     p.add_argument("--engine", metavar="DIR", help="an engine artifact directory to serve")
-    p.add_argument("--threads", type=_positive, help="threads per engine session (default 1)")
+    p.add_argument("--threads", type=_positive, help="cores to use (default: all available)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (8000; 0: any free port)")
     p.add_argument("--max-batch", type=_positive, default=32, help="crops per engine call (32)")

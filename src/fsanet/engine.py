@@ -34,7 +34,7 @@ class PoseEngine:
 
     @property
     def variants(self) -> list[str]:
-        return [v for part in self._parts for v in part.outputs]
+        return [v for part in self._parts for v in part.outputs if v != FUSION]
 
     @property
     def model_files(self) -> list[Path]:
@@ -59,6 +59,7 @@ class PoseEngine:
                     list(model.outputs.values()),
                     batch_size=manifest.batch_size if manifest.batch_mode == "fixed" else None,
                     threads=threads,
+                    precision=manifest.precision,
                 ),
                 model.outputs,
             )
@@ -109,7 +110,7 @@ class PoseEngine:
             outputs = part.runner.infer(batch)
             for variant, tensor in part.outputs.items():
                 results[variant] = outputs[tensor]
-        if len(results) > 1:
+        if len(results) > 1 and FUSION not in results:  # a fused graph computes it itself
             results[FUSION] = np.mean(np.stack(list(results.values())), axis=0)
         return results
 

@@ -105,5 +105,6 @@ def evaluate(
                 outputs.setdefault(name, []).append(out)
             bar.update(min(batch, len(images) - i))
     seconds = time.perf_counter() - start
-    results = {name: AxisErrors.between(np.concatenate(o), labels) for name, o in outputs.items()}
+    order = sorted(outputs, key=lambda name: name == FUSION)  # the fusion last, as in the paper
+    results = {name: AxisErrors.between(np.concatenate(outputs[name]), labels) for name in order}
     return EvalReport(len(images), results, engine.name, engine.backend, engine.precision, seconds)

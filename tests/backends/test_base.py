@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from fsanet.backends import check_images, runner_class
+from fsanet.backends.base import split_batch
 from fsanet.errors import FsanetError, InputError
 
 
@@ -40,3 +41,17 @@ def test_nan_is_rejected():
 def test_unknown_backend():
     with pytest.raises(FsanetError, match="unknown backend 'tensorrt'"):
         runner_class("tensorrt")
+
+
+@pytest.mark.parametrize(
+    ("size", "workers", "step", "parts"),
+    [
+        (10, 2, 1, [(0, 5), (5, 10)]),
+        (1, 2, 1, [(0, 1)]),
+        (7, 3, 1, [(0, 2), (2, 5), (5, 7)]),
+        (10, 2, 4, [(0, 8), (8, 10)]),  # whole steps of a fixed batch of 4
+        (3, 4, 1, [(0, 1), (1, 2), (2, 3)]),
+    ],
+)
+def test_split_batch(size, workers, step, parts):
+    assert split_batch(size, workers, step) == parts

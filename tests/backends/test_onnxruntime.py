@@ -62,3 +62,14 @@ def test_damaged_model_file(tmp_path):
     path.write_bytes(b"\x08\x07garbage")
     with pytest.raises(ArtifactError, match="cannot be loaded by ONNX Runtime"):
         OnnxRuntimeRunner(path, "x", ["pose"]).load()
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_both_cores_give_the_same_answers(tmp_path, batch_size):
+    path = _tiny_model(tmp_path / "m.onnx", batch_size or "N")
+    images = _crops(11)
+    with OnnxRuntimeRunner(path, "x", ["pose"], batch_size=batch_size, threads=1) as one:
+        serial = one.infer(images)["pose"]
+    with OnnxRuntimeRunner(path, "x", ["pose"], batch_size=batch_size, threads=2) as two:
+        parallel = two.infer(images)["pose"]
+    np.testing.assert_array_equal(parallel, serial)

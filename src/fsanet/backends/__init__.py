@@ -10,9 +10,10 @@ from fsanet.errors import FsanetError
 # name -> (module, class, pip package that provides it)
 _BACKENDS: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("fsanet.backends.onnxruntime", "OnnxRuntimeRunner", "onnxruntime"),
+    "openvino": ("fsanet.backends.openvino", "OpenVinoRunner", "fsanet[openvino]"),
     "tensorflow": ("fsanet.backends.tensorflow", "TensorflowRunner", "fsanet[build]"),
 }
-ENGINE_BACKENDS = ("onnxruntime",)  # backends an artifact can be built for
+ENGINE_BACKENDS = ("onnxruntime", "openvino")  # backends an artifact can be built for
 
 
 def runner_class(backend: str) -> type[Runner]:

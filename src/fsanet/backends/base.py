@@ -1,12 +1,15 @@
 """The runner interface: one model file on one backend, float32 images in, named arrays out.
 
 A backend writes only `_load` and `_run`; input checks, batching to a fixed engine batch
-size and the context-manager protocol live here.
+size, spreading a batch over the cores and the context-manager protocol live here.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -40,8 +43,25 @@ def check_images(images: object) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def split_batch(size: int, workers: int, step: int = 1) -> list[tuple[int, int]]:
+    """Cut `size` items into at most `workers` contiguous [start, stop) parts of whole steps."""
+    units = -(-size // step)
+    parts = max(1, min(workers, units))
+    bounds = [round(i * units / parts) * step for i in range(parts + 1)]
+    return [(a, min(b, size)) for a, b in itertools.pairwise(bounds) if a < size]
+
+
 class Runner(ABC):
-    """Runs one model. `batch_size` set means the engine only accepts that batch size."""
+    """Runs one model. `batch_size` set means the engine only accepts that batch size.
+
+    `threads` is the number of cores to use (default: all this process may use). FSA-Net's
+    layers are too small to split well inside one op, so a batch is instead cut into one
+    part per core and the parts run concurrently, each on one thread (data parallelism).
+    """
 
     backend: ClassVar[str]
 
@@ -52,13 +72,16 @@ class Runner(ABC):
         output_names: list[str],
         batch_size: int | None = None,
         threads: int | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.model_path = Path(model_path)
         self.input_name = input_name
         self.output_names = list(output_names)
         self.batch_size = batch_size
-        self.threads = threads
+        self.threads = threads or available_cpus()
+        self.precision = precision
         self._loaded = False
+        self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> Runner:
         self.load()
@@ -70,9 +93,14 @@ class Runner(ABC):
     def load(self) -> None:
         if not self._loaded:
             self._load()
+            if self.threads > 1:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=self.backend)
             self._loaded = True
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self._loaded = False
 
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -81,11 +109,20 @@ class Runner(ABC):
         self.load()
         if len(batch) == 0:
             return {name: np.zeros((0, 3), np.float32) for name in self.output_names}
-        if self.batch_size is None:
-            return dict(zip(self.output_names, self._run(batch), strict=True))
-        return self._infer_fixed(batch, self.batch_size)
+        parts = split_batch(len(batch), self.threads, self.batch_size or 1)
+        if len(parts) == 1 or self._pool is None:
+            return self._infer_part(batch, 0)
+        futures = [
+            self._pool.submit(self._infer_part, batch[start:stop], worker)
+            for worker, (start, stop) in enumerate(parts)
+        ]
+        results = [f.result() for f in futures]
+        return {name: np.concatenate([r[name] for r in results]) for name in self.output_names}
 
-    def _infer_fixed(self, batch: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    def _infer_part(self, batch: np.ndarray, worker: int) -> dict[str, np.ndarray]:
+        size = self.batch_size
+        if size is None:
+            return dict(zip(self.output_names, self._run(batch, worker), strict=True))
         # A fixed-shape engine: split into chunks of `size`, padding the last one.
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
         for start in range(0, len(batch), size):
@@ -94,14 +131,14 @@ class Runner(ABC):
             if n < size:
                 pad = np.repeat(chunk[-1:], size - n, axis=0)
                 chunk = np.concatenate([chunk, pad])
-            for name, out in zip(self.output_names, self._run(chunk), strict=True):
+            for name, out in zip(self.output_names, self._run(chunk, worker), strict=True):
                 parts[name].append(out[:n])
         return {name: np.concatenate(arrays) for name, arrays in parts.items()}
 
     @abstractmethod
     def _load(self) -> None:
-        """Create the backend session."""
+        """Create the backend session(s); `_run` may then be called from `threads` threads."""
 
     @abstractmethod
-    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run one valid batch; return the outputs in `output_names` order."""
+    def _run(self, batch: np.ndarray, worker: int) -> list[np.ndarray]:
+        """Run one valid batch on behalf of `worker` (0 .. threads-1); outputs in order."""

@@ -15,8 +15,9 @@ class OnnxRuntimeRunner(Runner):
     def _load(self) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # One intra-op thread by default: FSA-Net's tiny convolutions do not split well.
-        options.intra_op_num_threads = self.threads or 1
+        # One thread per session call: the base runner spreads a batch over the cores
+        # instead (FSA-Net's tiny convolutions do not split well inside one op).
+        options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
@@ -29,5 +30,6 @@ class OnnxRuntimeRunner(Runner):
                 f"{self.model_path} cannot be loaded by ONNX Runtime ({first}): rebuild the engine"
             ) from e
 
-    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+    def _run(self, batch: np.ndarray, worker: int) -> list[np.ndarray]:
+        # One session serves every worker: InferenceSession.run is thread-safe.
         return self._session.run(self.output_names, {self.input_name: batch})

@@ -48,15 +48,15 @@ class TensorflowRunner(Runner):
         graph = tf.Graph()
         with graph.as_default():
             tf.import_graph_def(graph_def, name="")
-        threads = self.threads or 1
+        # One thread per call, as for the engines: the base runner spreads batches over cores.
         config = tf.compat.v1.ConfigProto(
-            intra_op_parallelism_threads=threads, inter_op_parallelism_threads=1
+            intra_op_parallelism_threads=1, inter_op_parallelism_threads=1
         )
         self._session = tf.compat.v1.Session(graph=graph, config=config)
         self._feed = graph.get_tensor_by_name(_tensor(self.input_name))
         self._fetch = [graph.get_tensor_by_name(_tensor(n)) for n in self.output_names]
 
-    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+    def _run(self, batch: np.ndarray, worker: int) -> list[np.ndarray]:
         return self._session.run(self._fetch, {self._feed: batch})
 
     def close(self) -> None:

@@ -1,0 +1,90 @@
+"""ONNX -> OpenVINO IR (kept in the artifact), with NNCF int8 when asked."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from fsanet.errors import BuildError
+
+# Only convolutions are quantised: the capsule routing and the stage-wise regression heads
+# are small, range-sensitive and gain nothing from int8.
+_KEEP_FLOAT = [
+    "MatMul",
+    "Multiply",
+    "Add",
+    "Divide",
+    "Subtract",
+    "AvgPool",
+    "MaxPool",
+    "Concat",
+    "ReduceSum",
+    "Sqrt",
+    "Softmax",
+    "Tanh",
+    "Sigmoid",
+    "Power",
+]
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError as e:
+        raise BuildError("OpenVINO is not installed: pip install 'fsanet[openvino]'") from e
+    return openvino
+
+
+def to_openvino(
+    model: onnx.ModelProto,
+    xml_path: Path,
+    precision: str,
+    calibration: np.ndarray | None = None,
+    method: str = "minmax",
+) -> None:
+    """Write `model` as IR (`xml_path` and its .bin). fp32/fp16/bf16 are chosen at compile
+    time, so the IR stays fp32; int8 is quantised here with NNCF."""
+    ov = import_openvino()
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "model.onnx"
+        onnx.save(model, source)
+        ov_model = ov.convert_model(str(source))
+    if precision == "int8":
+        if calibration is None or len(calibration) == 0:
+            raise BuildError("int8 needs calibration images")
+        ov_model = _quantize(ov_model, calibration, method)
+    ov.save_model(ov_model, str(xml_path), compress_to_fp16=False)
+
+
+def _quantize(ov_model: object, calibration: np.ndarray, method: str) -> object:
+    try:
+        import nncf
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+    except ImportError as e:
+        raise BuildError("NNCF is not installed: pip install 'fsanet[openvino]'") from e
+    estimators = {
+        "minmax": RangeEstimatorParametersSet.MINMAX,
+        "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
+        "entropy": RangeEstimatorParametersSet.HISTOGRAM,
+    }
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return nncf.quantize(
+            ov_model,
+            dataset,
+            preset=nncf.QuantizationPreset.PERFORMANCE,
+            target_device=nncf.TargetDevice.CPU,
+            subset_size=len(calibration),
+            ignored_scope=nncf.IgnoredScope(types=_KEEP_FLOAT, validate=False),
+            advanced_parameters=AdvancedQuantizationParameters(
+                activations_range_estimator_params=estimators[method]
+            ),
+        )
