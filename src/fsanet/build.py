@@ -27,6 +27,8 @@ from fsanet.fetch import fetch
 from fsanet.files import atomic_path, home_dir, sha256_file
 from fsanet.zoo import FUSION, VARIANTS, resolve_variants
 
+# Bumped whenever the build pipeline changes what it writes, so cached engines are rebuilt.
+BUILDER_VERSION = 2
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE_DEG = 1e-3  # fp32 engines must match TensorFlow this closely
 PARITY_REAL = 32  # AFLW2000 crops, evenly spread over the evaluation set
@@ -117,6 +119,7 @@ class BuildOptions:
         """A digest of everything that determines the artifact's contents."""
         payload: dict[str, Any] = {
             "format": FORMAT,
+            "builder": BUILDER_VERSION,
             "sources": {v: VARIANTS[v].file.sha256 for v in self.variants},
             "backend": self.backend,
             "precision": self.precision,

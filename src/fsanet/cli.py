@@ -178,6 +178,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(text, file=sys.stderr if jsonl == "-" else sys.stdout)
 
 
+def cmd_matrix(args: argparse.Namespace) -> None:
+    from fsanet.matrix import accuracy_matrix, write_markdown
+
+    matrix = accuracy_matrix(args.backends, args.precisions, args.methods, args.mirror)
+    data, text = matrix.to_dict(), str(matrix)
+    if args.output:
+        command = "fsanet matrix " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["matrix"] else ""
+        data["output"] = str(write_markdown(matrix, args.output, command or "fsanet matrix"))
+        text += f"\n\nwritten to {data['output']}"
+    _emit(args, data, text)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from fsanet.datasets import prepare_aflw2000
     from fsanet.fetch import fetch
@@ -482,6 +494,19 @@ def _args_loadtest(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", metavar="PATH", help="AFLW2000 npz for the crops (cached)")
 
 
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _args_matrix(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backends", type=_csv, help="comma-separated (default: all)")
+    p.add_argument("--precisions", type=_csv, help="comma-separated (default: all)")
+    p.add_argument(
+        "--methods", type=_csv, help="int8 calibration methods, comma-separated (default: all)"
+    )
+    p.add_argument("--output", metavar="FILE.md", help="also write the table as Markdown")
+
+
 Command = tuple[
     str, str, Callable[[argparse.Namespace], None], Callable[[argparse.ArgumentParser], None]
 ]
@@ -497,6 +522,7 @@ COMMANDS: list[Command] = [
     ("build", "convert the TensorFlow graphs into a verified engine", cmd_build, _args_build),
     ("eval", "evaluate an engine on AFLW2000 (MAE per variant and fused)", cmd_eval, _args_eval),
     ("run", "one click: fetch, dataset, build, eval", cmd_run, _args_eval),
+    ("matrix", "accuracy of every backend x precision on AFLW2000", cmd_matrix, _args_matrix),
     ("predict", "head pose of every face in images, folders, video", cmd_predict, _args_predict),
     ("bench", "throughput and latency per batch size, vs TensorFlow", cmd_bench, _args_bench),
     ("serve", "HTTP head-pose service with dynamic batching", cmd_serve, _args_serve),
