@@ -15,6 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from fsanet.backends.base import available_cpus
 from fsanet.bench import (
     BenchReport,
     LatencyStats,
@@ -310,7 +311,9 @@ def test_json_shape(fusion_artifact, capsys, tmp_path):
     assert main(["bench", engine, engine, *_SMALL, "--json", "--plot", str(plot)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {"settings", "machine", "peak", "results", "baseline", "plot"} <= set(data)
-    assert data["peak"]["gflops"] > 0 and data["peak"]["threads"] == 1
+    # Default: every usable core, for the engines and the peak alike.
+    assert data["peak"]["gflops"] > 0 and data["peak"]["threads"] == available_cpus()
+    assert data["settings"]["threads"] == available_cpus()
     assert len(data["results"]) == 4 and plot.is_file()
     for r in data["results"]:
         assert {"name", "backend", "precision", "batch", "throughput", "latency_ms"} <= set(r)

@@ -440,7 +440,9 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--warmup", type=int, default=20, help="untimed calls first (20)")
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (10)")
-    p.add_argument("--threads", type=int, default=1, help="threads per engine session (1)")
+    p.add_argument(
+        "--threads", type=int, help="cores per engine, baseline included (default: all available)"
+    )
     p.add_argument("--baseline", metavar="NAME", help="tensorflow: FSA-Net's own graphs, compared")
     p.add_argument("--plot", metavar="FILE.png", help="throughput and latency plot")
     p.add_argument(

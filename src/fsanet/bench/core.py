@@ -18,6 +18,7 @@ import numpy as np
 
 from fsanet import progress
 from fsanet.backends import check_images
+from fsanet.backends.base import available_cpus
 from fsanet.bench.flops import FlopCount, count_flops_files
 from fsanet.bench.machine import Peak, machine_info, measure_peak
 from fsanet.bench.stats import LatencyStats, Ratio
@@ -483,7 +484,7 @@ def benchmark(
     duration: float | None = None,
     warmup: int = DEFAULT_WARMUP,
     rounds: int = DEFAULT_ROUNDS,
-    threads: int = 1,
+    threads: int | None = None,
     baseline: str | None = None,
     dataset: str | Path | None = None,
     peak: bool = True,
@@ -497,8 +498,11 @@ def benchmark(
     (seconds) per engine and batch, split over `rounds` interleaved rounds after `warmup`
     iterations. `baseline="tensorflow"` adds FSA-Net's own graphs (one session per variant)
     for each variant set, and every engine gets the ratio of its throughput to it; without a
-    baseline, engines after the first are compared with the first.
+    baseline, engines after the first are compared with the first. `threads`: cores per
+    engine, the baseline included (default: all available, as the engines' default).
     """
+    if threads is None:
+        threads = available_cpus()
     _check(batches, iterations, duration, warmup, rounds, threads, baseline)
     if iterations is None and duration is None:
         iterations = DEFAULT_ITERATIONS
