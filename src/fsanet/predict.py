@@ -67,6 +67,21 @@ class Face:
         )
 
 
+def faces_from(detections: list[Detection], angles: np.ndarray) -> list[Face]:
+    """Pair each detection with its row of [yaw, pitch, roll]."""
+    return [
+        Face(
+            d.box,
+            d.score,
+            float(yaw),
+            float(pitch),
+            float(roll),
+            None if d.landmarks is None else tuple(map(tuple, d.landmarks.tolist())),
+        )
+        for d, (yaw, pitch, roll) in zip(detections, angles, strict=True)
+    ]
+
+
 class HeadPoseEstimator:
     """Faces and their head pose in a BGR image: `estimator(image) -> list[Face]`.
 
@@ -106,18 +121,7 @@ class HeadPoseEstimator:
         if not detections:
             return []
         crops = crop_faces(image, detections, self.crop, self.margin, self.normalize)
-        angles = np.asarray(self.engine(crops), np.float64)
-        return [
-            Face(
-                d.box,
-                d.score,
-                float(yaw),
-                float(pitch),
-                float(roll),
-                None if d.landmarks is None else tuple(map(tuple, d.landmarks.tolist())),
-            )
-            for d, (yaw, pitch, roll) in zip(detections, angles, strict=True)
-        ]
+        return faces_from(detections, np.asarray(self.engine(crops), np.float64))
 
     def close(self) -> None:
         self.engine.close()

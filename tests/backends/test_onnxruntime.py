@@ -73,3 +73,18 @@ def test_both_cores_give_the_same_answers(tmp_path, batch_size):
     with OnnxRuntimeRunner(path, "x", ["pose"], batch_size=batch_size, threads=2) as two:
         parallel = two.infer(images)["pose"]
     np.testing.assert_array_equal(parallel, serial)
+
+
+def test_gpu_providers_come_first_when_present():
+    from fsanet.backends.onnxruntime import providers
+
+    assert providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert providers(
+        ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
+    ) == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_this_machine_runs_on_the_cpu(tmp_path):
+    with OnnxRuntimeRunner(_tiny_model(tmp_path / "m.onnx", "N"), "x", ["pose"]) as runner:
+        assert runner.providers == ["CPUExecutionProvider"]

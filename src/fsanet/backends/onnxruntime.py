@@ -1,4 +1,5 @@
-"""ONNX Runtime on the CPU."""
+"""ONNX Runtime: the CPU, or NVIDIA GPUs through the TensorRT and CUDA execution providers
+when the installed onnxruntime has them (onnxruntime-gpu)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,15 @@ import onnxruntime as ort
 
 from fsanet.backends.base import Runner
 from fsanet.errors import ArtifactError
+
+# Best first; ONNX Runtime falls back along the list for any node a provider cannot run.
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def providers(available: list[str] | None = None) -> list[str]:
+    """The execution providers to use: every preferred one this onnxruntime offers."""
+    offered = ort.get_available_providers() if available is None else available
+    return [p for p in PREFERRED_PROVIDERS if p in offered] or ["CPUExecutionProvider"]
 
 
 class OnnxRuntimeRunner(Runner):
@@ -20,15 +30,21 @@ class OnnxRuntimeRunner(Runner):
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        chosen = providers()
+        if chosen[0] != "CPUExecutionProvider":
+            self.threads = 1  # a GPU takes the whole batch in one call
         try:
-            self._session = ort.InferenceSession(
-                str(self.model_path), options, providers=["CPUExecutionProvider"]
-            )
+            self._session = ort.InferenceSession(str(self.model_path), options, providers=chosen)
         except Exception as e:  # onnxruntime raises its own unexported exception types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ArtifactError(
                 f"{self.model_path} cannot be loaded by ONNX Runtime ({first}): rebuild the engine"
             ) from e
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the session really uses (after load)."""
+        return self._session.get_providers()
 
     def _run(self, batch: np.ndarray, worker: int) -> list[np.ndarray]:
         # One session serves every worker: InferenceSession.run is thread-safe.

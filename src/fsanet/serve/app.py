@@ -391,19 +391,9 @@ def _detect(service: PoseService, image: np.ndarray) -> tuple[list[Any], np.ndar
 
 
 def _faces(detections: list[Any], angles: np.ndarray) -> list[Any]:
-    from fsanet.predict import Face
+    from fsanet.predict import faces_from
 
-    return [
-        Face(
-            d.box,
-            d.score,
-            float(yaw),
-            float(pitch),
-            float(roll),
-            None if d.landmarks is None else tuple(map(tuple, d.landmarks.tolist())),
-        )
-        for d, (yaw, pitch, roll) in zip(detections, angles, strict=True)
-    ]
+    return faces_from(detections, angles)
 
 
 class _Server(uvicorn.Server):
