@@ -6,7 +6,10 @@ each runner owns its own graph and session. Imported only when the reference is 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from types import ModuleType
 
 import numpy as np
@@ -15,11 +18,26 @@ from fsanet.backends.base import Runner
 from fsanet.errors import BuildError
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    # TensorFlow's C++ start-up lines (absl, oneDNN) bypass Python's logging: silence fd 2.
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def import_tensorflow() -> ModuleType:
     """Import TensorFlow quietly, or explain how to install it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        import tensorflow as tf
+        with _quiet_native_stderr():
+            import tensorflow as tf
     except ImportError as e:
         raise BuildError(
             "TensorFlow is not installed: it is needed to build engines and as the reference; "
