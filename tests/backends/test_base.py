@@ -55,3 +55,18 @@ def test_unknown_backend():
 )
 def test_split_batch(size, workers, step, parts):
     assert split_batch(size, workers, step) == parts
+
+
+def test_a_backend_that_is_not_installed(monkeypatch):
+    import sys
+
+    from fsanet.convert.openvino import import_openvino
+    from fsanet.errors import BuildError
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the package were absent
+    monkeypatch.delitem(sys.modules, "fsanet.backends.openvino", raising=False)
+    missing = r"backend 'openvino' is not installed.*fsanet\[openvino\]"
+    with pytest.raises(FsanetError, match=missing):
+        runner_class("openvino")
+    with pytest.raises(BuildError, match="OpenVINO is not installed"):
+        import_openvino()

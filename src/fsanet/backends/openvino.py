@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import openvino as ov
 
 from fsanet.backends.base import Runner
 from fsanet.errors import ArtifactError
@@ -16,8 +17,6 @@ class OpenVinoRunner(Runner):
     backend = "openvino"
 
     def _load(self) -> None:
-        import openvino as ov
-
         config = {
             "INFERENCE_PRECISION_HINT": _HINTS.get(self.precision, "f32"),
             # One stream (with one thread) per worker of the base runner.
