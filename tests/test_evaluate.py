@@ -53,3 +53,7 @@ def test_num_and_batch_do_not_change_results(fusion_engine, report):
     assert small.num_images == 50
     again = evaluate_aflw2000(fusion_engine, num=50, batch=50)
     assert small.results["fusion"].mae == pytest.approx(again.results["fusion"].mae, abs=1e-5)
+
+
+def test_results_come_in_the_papers_order(report):
+    assert list(report.results) == ["capsule", "var", "noS", "fusion"]

@@ -105,6 +105,8 @@ def evaluate(
                 outputs.setdefault(name, []).append(out)
             bar.update(min(batch, len(images) - i))
     seconds = time.perf_counter() - start
-    order = sorted(outputs, key=lambda name: name == FUSION)  # the fusion last, as in the paper
+    # The paper's order: capsule, var, noS, then the fusion.
+    rank = {name: i for i, name in enumerate([*VARIANTS, FUSION])}
+    order = sorted(outputs, key=lambda name: rank.get(name, len(rank)))
     results = {name: AxisErrors.between(np.concatenate(outputs[name]), labels) for name in order}
     return EvalReport(len(images), results, engine.name, engine.backend, engine.precision, seconds)
