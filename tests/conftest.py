@@ -7,7 +7,9 @@ otherwise each run starts from an empty cache in a temporary directory.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,31 @@ def fusion_engine(fusion_artifact: Artifact) -> Iterator[PoseEngine]:
 
     with PoseEngine.from_artifact(fusion_artifact) as engine:
         yield engine
+
+
+# Runs the CLI in a fresh process, then reports on stderr which heavy modules it imported
+# (a line "IMPORTED=" followed by the names, empty when none): the runtime never needs them.
+CLI_PROBE = (
+    "import sys\n"
+    "from fsanet.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "heavy = sorted(m for m in ('tensorflow', 'tf2onnx', 'keras') if m in sys.modules)\n"
+    "print('IMPORTED=' + ','.join(heavy), file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+@pytest.fixture(scope="session")
+def cli_command() -> list[str]:
+    """The argv prefix that runs `fsanet` through the probe above."""
+    return [sys.executable, "-c", CLI_PROBE]
+
+
+@pytest.fixture(scope="session")
+def run_cli(cli_command: list[str]) -> Callable[..., subprocess.CompletedProcess]:
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*cli_command, *args], capture_output=True, text=True, timeout=timeout
+        )
+
+    return run

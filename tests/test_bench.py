@@ -339,24 +339,8 @@ def test_baseline_tensorflow(fusion_artifact, capsys):
     assert data["peak"] is None
 
 
-# Runs the CLI, then reports whether the process imported TensorFlow.
-_PROBE = (
-    "import sys\n"
-    "from fsanet.cli import main\n"
-    "code = main(sys.argv[1:])\n"
-    "heavy = sorted(m for m in ('tensorflow', 'tf2onnx', 'keras') if m in sys.modules)\n"
-    "print('IMPORTED=' + ','.join(heavy), file=sys.stderr)\n"
-    "sys.exit(code)\n"
-)
-
-
-def test_bench_never_imports_tensorflow(fusion_artifact):
-    result = subprocess.run(
-        [sys.executable, "-c", _PROBE, "bench", *_SMALL, "--no-peak"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_bench_never_imports_tensorflow(fusion_artifact, run_cli):
+    result = run_cli("bench", *_SMALL, "--no-peak")
     assert result.returncode == 0, result.stderr
     assert "IMPORTED=\n" in result.stderr
     assert "fusion/onnxruntime/fp32" in result.stdout

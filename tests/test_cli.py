@@ -8,25 +8,9 @@ import pytest
 
 from fsanet.cli import main
 
-# Runs the CLI, then reports which heavy modules the process imported.
-_PROBE = (
-    "import sys\n"
-    "from fsanet.cli import main\n"
-    "code = main(sys.argv[1:])\n"
-    "heavy = sorted(m for m in ('tensorflow', 'tf2onnx', 'keras') if m in sys.modules)\n"
-    "print('IMPORTED=' + ','.join(heavy), file=sys.stderr)\n"
-    "sys.exit(code)\n"
-)
 
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=300
-    )
-
-
-def test_eval_never_imports_tensorflow(fusion_artifact):
-    result = _run("eval", "--json", "-q")
+def test_eval_never_imports_tensorflow(fusion_artifact, run_cli):
+    result = run_cli("eval", "--json", "-q")
     assert result.returncode == 0, result.stderr
     assert "IMPORTED=\n" in result.stderr
     data = json.loads(result.stdout)
@@ -63,8 +47,8 @@ def test_build_json_is_the_manifest(fusion_artifact, capsys):
         (["eval", "--engine", "/nonexistent"], "fsanet: error: /nonexistent"),
     ],
 )
-def test_user_errors_are_one_line_exit_1(fusion_artifact, args, message):
-    result = _run(*args)
+def test_user_errors_are_one_line_exit_1(fusion_artifact, run_cli, args, message):
+    result = run_cli(*args)
     assert result.returncode == 1
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("fsanet:")]
     assert len(error_lines) == 1 and error_lines[0].startswith(message), result.stderr

@@ -1,46 +1,38 @@
-"""The OpenVINO runner on a tiny model converted here, and on the real fused engine."""
+"""The OpenVINO runner on the tiny channel-mean model (see conftest.py), and on the real
+fused engine."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
 
 from fsanet.backends.openvino import OpenVinoRunner
 from fsanet.convert.openvino import to_openvino
 from fsanet.errors import ArtifactError
 
 
-def _tiny_ir(tmp_path: Path, batch: int | str, precision: str = "fp32") -> Path:
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["x", "axes"], ["pose"], keepdims=0)],
-        "channel_mean",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 64, 64, 3])],
-        [helper.make_tensor_value_info("pose", TensorProto.FLOAT, [batch, 3])],
-        [helper.make_tensor("axes", TensorProto.INT64, [2], [1, 2])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    xml = tmp_path / "m.xml"
-    to_openvino(model, xml, precision)
-    return xml
+@pytest.fixture
+def tiny_ir(channel_mean):
+    def convert(tmp_path: Path, batch: int | str) -> Path:
+        xml = tmp_path / "m.xml"
+        to_openvino(channel_mean(batch), xml, "fp32")
+        return xml
 
-
-def _crops(n: int) -> np.ndarray:
-    return np.random.default_rng(n).uniform(0, 255, (n, 64, 64, 3)).astype(np.float32)
+    return convert
 
 
 @pytest.mark.parametrize(("batch", "threads"), [("N", 1), ("N", 2), (4, 2)])
-def test_runner_matches_numpy(tmp_path, batch, threads):
-    xml = _tiny_ir(tmp_path, batch)
-    images = _crops(9)
+def test_runner_matches_numpy(tiny_ir, crops, tmp_path, batch, threads):
+    xml = tiny_ir(tmp_path, batch)
+    images = crops(9)
     fixed = batch if isinstance(batch, int) else None
     with OpenVinoRunner(xml, "x", ["pose"], batch_size=fixed, threads=threads) as runner:
         out = runner.infer(images)["pose"]
     np.testing.assert_allclose(out, images.mean(axis=(1, 2)), rtol=1e-4)
 
 
-def test_ir_and_weights_are_written(tmp_path):
-    xml = _tiny_ir(tmp_path, "N")
+def test_ir_and_weights_are_written(tiny_ir, crops, tmp_path):
+    xml = tiny_ir(tmp_path, "N")
     assert xml.is_file() and xml.with_suffix(".bin").is_file()
 
 

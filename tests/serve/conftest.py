@@ -6,7 +6,6 @@ import io
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,15 +17,6 @@ import pytest
 
 from fsanet.artifact import Artifact
 
-# Runs the CLI like `fsanet serve ...`, then reports the heavy modules the process imported.
-PROBE = (
-    "import sys\n"
-    "from fsanet.cli import main\n"
-    "code = main(sys.argv[1:])\n"
-    "heavy = sorted(m for m in ('tensorflow', 'tf2onnx', 'keras') if m in sys.modules)\n"
-    "print('IMPORTED=' + ','.join(heavy), file=sys.stderr)\n"
-    "sys.exit(code)\n"
-)
 START_TIMEOUT_S = 60.0
 NPY = {"content-type": "application/x-npy"}
 
@@ -84,9 +74,10 @@ class Server:
         return self.proc.returncode, self.log.read_text(errors="replace")
 
 
-def start_server(artifact: Artifact, log: Path, *options: str) -> Server:
-    """`fsanet serve --port 0` on 127.0.0.1; returns once /readyz answers 200."""
-    cmd = [sys.executable, "-c", PROBE, "serve", "--engine", str(artifact.path), "--port", "0"]
+def start_server(cli: list[str], artifact: Artifact, log: Path, *options: str) -> Server:
+    """`fsanet serve --port 0` on 127.0.0.1 (`cli`: the root conftest's `cli_command`);
+    returns once /readyz answers 200."""
+    cmd = [*cli, "serve", "--engine", str(artifact.path), "--port", "0"]
     with log.open("w") as err:
         proc = subprocess.Popen([*cmd, *options], stdout=subprocess.PIPE, stderr=err, text=True)
     assert proc.stdout is not None
@@ -113,9 +104,12 @@ def start_server(artifact: Artifact, log: Path, *options: str) -> Server:
 
 
 @pytest.fixture(scope="session")
-def server(fusion_artifact: Artifact, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    cli_command: list[str], fusion_artifact: Artifact, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     """One server for most tests: small limits so that the limit tests stay cheap."""
     srv = start_server(
+        cli_command,
         fusion_artifact,
         tmp_path_factory.mktemp("serve") / "server.log",
         "--max-batch", "32",
@@ -130,12 +124,15 @@ def server(fusion_artifact: Artifact, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture
-def make_server(fusion_artifact: Artifact, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+def make_server(
+    cli_command: list[str], fusion_artifact: Artifact, tmp_path: Path
+) -> Iterator[Callable[..., Server]]:
     """Start a server with its own options; stopped at the end of the test."""
     started: list[Server] = []
 
     def make(*options: str) -> Server:
-        srv = start_server(fusion_artifact, tmp_path / f"server{len(started)}.log", *options)
+        log = tmp_path / f"server{len(started)}.log"
+        srv = start_server(cli_command, fusion_artifact, log, *options)
         started.append(srv)
         return srv
 
