@@ -383,3 +383,21 @@ def test_report_type():
     report = benchmark([FakeEngine("A", [])], [1], iterations=1, warmup=0, peak=False)
     assert isinstance(report, BenchReport)
     assert json.loads(json.dumps(report.to_dict()))["results"][0]["ratio"] is None
+
+
+def test_openvino_engines_get_the_flops_recorded_at_build(fusion_artifact):
+    from fsanet.build import BuildOptions, build
+
+    openvino = build(BuildOptions.create(backend="openvino"))
+    report = benchmark(
+        [str(fusion_artifact.path), str(openvino.path)],
+        [1],
+        iterations=2,
+        rounds=1,
+        warmup=0,
+        peak=False,
+    )
+    onnx_count, ir_count = (r.flops for r in report.results)
+    assert onnx_count is not None and ir_count is not None
+    assert ir_count.per_image == pytest.approx(onnx_count.per_image, rel=1e-6)
+    assert any("build time" in note for note in ir_count.notes)

@@ -28,6 +28,7 @@ def test_manifest_describes_the_engine(fusion_artifact):
         "noS": "noS",
         "fusion": "fusion",
     }
+    assert 88e6 < m.extra["flops"]["per_image"] < 90e6  # ~29.5 MFLOP per variant, counted
     assert m.extra["passes"] == [
         "batch_capsule_map",
         "fold_constants",

@@ -28,7 +28,7 @@ from fsanet.files import atomic_path, home_dir, sha256_file
 from fsanet.zoo import FUSION, VARIANTS, resolve_variants
 
 # Bumped whenever the build pipeline changes what it writes, so cached engines are rebuilt.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE_DEG = 1e-3  # fp32 engines must match TensorFlow this closely
 PARITY_REAL = 32  # AFLW2000 crops, evenly spread over the evaluation set
@@ -207,6 +207,7 @@ def build(options: BuildOptions, mirror: str | None = None, force: bool = False)
             parts = {FUSION: (fused, {v: v for v in [*converted, FUSION]})}
         else:
             parts = {v: (m, {v: m.graph.output[0].name}) for v, m in converted.items()}
+        flops = _flops([model for model, _ in parts.values()])
         models = [
             _write_model(tmp, name, model, outputs, options, calibration)
             for name, (model, outputs) in progress.bar(parts.items(), desc="precision")
@@ -227,6 +228,7 @@ def build(options: BuildOptions, mirror: str | None = None, force: bool = False)
             extra={
                 "passes": _passes(options),
                 "fused": options.fuse,
+                "flops": flops,
                 **(
                     {"calibration": _calibration_record(options, len(evaluation))}
                     if options.calibrates
@@ -243,6 +245,18 @@ def build(options: BuildOptions, mirror: str | None = None, force: bool = False)
                 )
         artifact.write_manifest()
     return Artifact.load(final)
+
+
+def _flops(models: list[Any]) -> dict[str, Any]:
+    """FLOPs per image of the float graph, before any backend conversion: the work an
+    OpenVINO IR (which bench cannot count) does as well."""
+    from fsanet.bench.flops import count_flops
+
+    counts = [count_flops(m) for m in models]
+    total = counts[0]
+    for count in counts[1:]:
+        total = total + count
+    return total.to_dict()
 
 
 def _passes(options: BuildOptions) -> list[str]:

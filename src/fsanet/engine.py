@@ -26,11 +26,20 @@ class PoseEngine:
     the variants it holds); `predict_variants` gives each variant's angles as well.
     """
 
-    def __init__(self, parts: list[_Part], *, name: str, backend: str, precision: str) -> None:
+    def __init__(
+        self,
+        parts: list[_Part],
+        *,
+        name: str,
+        backend: str,
+        precision: str,
+        artifact: Artifact | None = None,
+    ) -> None:
         self._parts = parts
         self.name = name
         self.backend = backend
         self.precision = precision
+        self.artifact = artifact  # what it was loaded from; None for the TensorFlow reference
 
     @property
     def variants(self) -> list[str]:
@@ -66,7 +75,11 @@ class PoseEngine:
             for model in manifest.models
         ]
         return cls(
-            parts, name=artifact.name, backend=manifest.backend, precision=manifest.precision
+            parts,
+            name=artifact.name,
+            backend=manifest.backend,
+            precision=manifest.precision,
+            artifact=artifact,
         )
 
     @classmethod

@@ -446,6 +446,18 @@ def parse_batches(text: str) -> list[int]:
     return batches
 
 
+def _manifest_flops(engine: Any) -> FlopCount | None:
+    """An engine without ONNX files (OpenVINO IR): the count its build recorded."""
+    artifact = getattr(engine, "artifact", None)
+    recorded = artifact.manifest.extra.get("flops") if artifact is not None else None
+    if not recorded:
+        return None
+    note = "counted at build time on the ONNX graph this engine was converted from"
+    return FlopCount(
+        recorded["per_image"], 1, dict(recorded["by_op_per_image"]), [*recorded["notes"], note]
+    )
+
+
 def _check(
     batches: Sequence[int],
     iterations: int | None,
@@ -579,7 +591,9 @@ def _entries(
     for engine in engines:
         files = tuple(str(f) for f in getattr(engine, "model_files", []))
         if files not in flops_cache:
-            flops_cache[files] = count_flops_files([Path(f) for f in files])
+            flops_cache[files] = count_flops_files([Path(f) for f in files]) or _manifest_flops(
+                engine
+            )
         flops = flops_cache[files]
         entry = _Entry(engine, _label(engine, labels), None, flops, engine_io(engine))
         entries.append(entry)
