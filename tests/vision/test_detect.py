@@ -60,3 +60,13 @@ def test_bad_input_is_a_user_error(yunet: YuNet) -> None:
         yunet.detect("photo.jpg")  # type: ignore[arg-type]
     with pytest.raises(FsanetError, match="score threshold"):
         YuNet(score_threshold=1.5)
+
+
+def test_threads_share_one_detector_safely(yunet: YuNet, shared: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    photos = [photo(shared, n) for n in (2, 4, 6, 8, 10, 13)] * 4
+    serial = [yunet.detect(p) for p in photos]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(yunet.detect, photos))
+    assert [[d.box for d in ds] for ds in parallel] == [[d.box for d in ds] for ds in serial]

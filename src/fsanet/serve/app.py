@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fsanet.backends.base import available_cpus
 from fsanet.errors import FsanetError
 
 try:  # the `serve` extra; without it, one line telling how to install it
@@ -120,9 +121,9 @@ class PoseService:
         )
         self.metrics = ServeMetrics(lambda: self.batcher.queue_depth, lambda: self.in_flight)
         self.batcher.metrics = self.metrics
-        # Detection and decoding are CPU work too: off the event loop, one at a time
-        # (an OpenCV detector object is not safe to share between threads).
-        self.vision = ThreadPoolExecutor(1, thread_name_prefix="fsanet-vision")
+        # Detection and decoding are CPU work too: off the event loop, on every core (the
+        # YuNet detector keeps one OpenCV detector per thread).
+        self.vision = ThreadPoolExecutor(available_cpus(), thread_name_prefix="fsanet-vision")
 
     def _infer(self, crops: np.ndarray) -> np.ndarray:
         return np.asarray(self.engine(crops), np.float64)

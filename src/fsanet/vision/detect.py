@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -51,7 +52,8 @@ class YuNet:
     """OpenCV Zoo's YuNet: boxes, scores and five landmarks.
 
     `score_threshold` 0.5 is OpenCV Zoo's demo default; `max_side` bounds the detector's
-    input (larger images are scaled down for speed, coordinates are mapped back).
+    input (larger images are scaled down for speed, coordinates are mapped back). Safe to
+    call from several threads: an OpenCV detector is not, so each thread gets its own.
     """
 
     name = "yunet"
@@ -68,20 +70,28 @@ class YuNet:
     ) -> None:
         if not 0.0 <= score_threshold <= 1.0:
             raise FsanetError(f"score threshold must lie in [0, 1], got {score_threshold}")
-        path = Path(model) if model else fetch(YUNET, mirror)
+        self._path = Path(model) if model else fetch(YUNET, mirror)
+        self._settings = (score_threshold, nms_threshold, top_k)
+        self._local = threading.local()
+        self.score_threshold = score_threshold
+        self.max_side = max_side
+        self._net()  # load now, so a bad model file fails here
+
+    def _net(self) -> cv2.FaceDetectorYN:
+        net = getattr(self._local, "net", None)
+        if net is not None:
+            return net
         # OpenCV 5 warns on every load that its new graph engine ignores targets: noise.
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         try:
-            self._net = cv2.FaceDetectorYN.create(
-                str(path), "", (320, 320), score_threshold, nms_threshold, top_k
-            )
+            net = cv2.FaceDetectorYN.create(str(self._path), "", (320, 320), *self._settings)
         except cv2.error as e:
-            raise FsanetError(f"{path} cannot be loaded as a YuNet model ({e})") from e
+            raise FsanetError(f"{self._path} cannot be loaded as a YuNet model ({e})") from e
         finally:
             cv2.utils.logging.setLogLevel(level)
-        self.score_threshold = score_threshold
-        self.max_side = max_side
+        self._local.net = net
+        return net
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         image = check_image(image)
@@ -91,8 +101,9 @@ class YuNet:
             image = cv2.resize(
                 image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA
             )
-        self._net.setInputSize((image.shape[1], image.shape[0]))
-        _, faces = self._net.detect(image)
+        net = self._net()
+        net.setInputSize((image.shape[1], image.shape[0]))
+        _, faces = net.detect(image)
         if faces is None:
             return []
         out = []
