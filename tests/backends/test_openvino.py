@@ -1,12 +1,13 @@
 """The OpenVINO runner on the tiny channel-mean model (see conftest.py), and on the real
 fused engine."""
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fsanet.backends.openvino import OpenVinoRunner
+from fsanet.backends.openvino import OpenVinoRunner, fixed_batch
 from fsanet.convert.openvino import to_openvino
 from fsanet.errors import ArtifactError
 
@@ -22,13 +23,31 @@ def tiny_ir(channel_mean):
 
 
 @pytest.mark.parametrize(("batch", "threads"), [("N", 1), ("N", 2), (4, 2)])
-def test_runner_matches_numpy(tiny_ir, crops, tmp_path, batch, threads):
+@pytest.mark.parametrize("count", [1, 3, 9])
+def test_runner_matches_numpy(tiny_ir, crops, tmp_path, batch, threads, count):
+    # 1 crop runs alone on every core; 3 and 9 are cut in parts that are padded.
     xml = tiny_ir(tmp_path, batch)
-    images = crops(9)
+    images = crops(count)
     fixed = batch if isinstance(batch, int) else None
     with OpenVinoRunner(xml, "x", ["pose"], batch_size=fixed, threads=threads) as runner:
         out = runner.infer(images)["pose"]
+    assert out.shape == (count, 3)
     np.testing.assert_allclose(out, images.mean(axis=(1, 2)), rtol=1e-4)
+
+
+def test_fixed_batch_is_the_next_power_of_two():
+    assert [fixed_batch(n) for n in (1, 2, 3, 5, 8, 9, 16, 17)] == [1, 2, 4, 8, 8, 16, 16, 32]
+
+
+def test_calls_from_several_threads(tiny_ir, crops, tmp_path):
+    batches = [crops(n) for n in (1, 2, 5, 7, 16, 3)] * 3
+    with (
+        OpenVinoRunner(tiny_ir(tmp_path, "N"), "x", ["pose"], threads=2) as runner,
+        ThreadPoolExecutor(4) as callers,
+    ):
+        outs = list(callers.map(lambda b: runner.infer(b)["pose"], batches))
+    for images, out in zip(batches, outs, strict=True):
+        np.testing.assert_allclose(out, images.mean(axis=(1, 2)), rtol=1e-4)
 
 
 def test_ir_and_weights_are_written(tiny_ir, crops, tmp_path):

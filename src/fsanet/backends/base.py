@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,6 +62,8 @@ class Runner(ABC):
     `threads` is the number of cores to use (default: all this process may use). FSA-Net's
     layers are too small to split well inside one op, so a batch is instead cut into one
     part per core and the parts run concurrently, each on one thread (data parallelism).
+    A batch too small to cut (one crop) runs alone and may use every core. Calls to `infer`
+    from several threads are safe; they take turns, since each one uses all the cores.
     """
 
     backend: ClassVar[str]
@@ -82,6 +85,7 @@ class Runner(ABC):
         self.precision = precision
         self._loaded = False
         self._pool: ThreadPoolExecutor | None = None
+        self._turn = threading.Lock()
 
     def __enter__(self) -> Runner:
         self.load()
@@ -106,23 +110,29 @@ class Runner(ABC):
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Run a batch of crops; returns output name -> N x 3 float32."""
         batch = check_images(images)
-        self.load()
-        if len(batch) == 0:
-            return {name: np.zeros((0, 3), np.float32) for name in self.output_names}
-        parts = split_batch(len(batch), self.threads, self.batch_size or 1)
-        if len(parts) == 1 or self._pool is None:
-            return self._infer_part(batch, 0)
-        futures = [
-            self._pool.submit(self._infer_part, batch[start:stop], worker)
-            for worker, (start, stop) in enumerate(parts)
-        ]
-        results = [f.result() for f in futures]
+        with self._turn:
+            self.load()
+            if len(batch) == 0:
+                return {name: np.zeros((0, 3), np.float32) for name in self.output_names}
+            parts = split_batch(len(batch), self.threads, self.batch_size or 1)
+            if len(parts) == 1 or self._pool is None:
+                return self._infer_part(batch, 0, self.threads)
+            results = self._infer_parts([batch[start:stop] for start, stop in parts])
         return {name: np.concatenate([r[name] for r in results]) for name in self.output_names}
 
-    def _infer_part(self, batch: np.ndarray, worker: int) -> dict[str, np.ndarray]:
+    def _infer_parts(self, parts: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Run the parts of one batch concurrently, part i on worker i."""
+        assert self._pool is not None
+        futures = [
+            self._pool.submit(self._infer_part, part, worker, 1)
+            for worker, part in enumerate(parts)
+        ]
+        return [f.result() for f in futures]
+
+    def _infer_part(self, batch: np.ndarray, worker: int, cores: int) -> dict[str, np.ndarray]:
         size = self.batch_size
         if size is None:
-            return dict(zip(self.output_names, self._run(batch, worker), strict=True))
+            return dict(zip(self.output_names, self._run(batch, worker, cores), strict=True))
         # A fixed-shape engine: split into chunks of `size`, padding the last one.
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
         for start in range(0, len(batch), size):
@@ -131,7 +141,8 @@ class Runner(ABC):
             if n < size:
                 pad = np.repeat(chunk[-1:], size - n, axis=0)
                 chunk = np.concatenate([chunk, pad])
-            for name, out in zip(self.output_names, self._run(chunk, worker), strict=True):
+            outputs = self._run(chunk, worker, cores)
+            for name, out in zip(self.output_names, outputs, strict=True):
                 parts[name].append(out[:n])
         return {name: np.concatenate(arrays) for name, arrays in parts.items()}
 
@@ -140,5 +151,8 @@ class Runner(ABC):
         """Create the backend session(s); `_run` may then be called from `threads` threads."""
 
     @abstractmethod
-    def _run(self, batch: np.ndarray, worker: int) -> list[np.ndarray]:
-        """Run one valid batch on behalf of `worker` (0 .. threads-1); outputs in order."""
+    def _run(self, batch: np.ndarray, worker: int, cores: int) -> list[np.ndarray]:
+        """Run one valid batch on behalf of `worker` (0 .. threads-1); outputs in order.
+
+        `cores` is how many cores this call may use: 1 while the other workers run too,
+        `threads` when it runs alone."""
