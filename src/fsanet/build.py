@@ -28,7 +28,7 @@ from fsanet.files import atomic_path, home_dir, sha256_file
 from fsanet.zoo import FUSION, VARIANTS, resolve_variants
 
 # Bumped whenever the build pipeline changes what it writes, so cached engines are rebuilt.
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE_DEG = 1e-3  # fp32 engines must match TensorFlow this closely
 PARITY_REAL = 32  # AFLW2000 crops, evenly spread over the evaluation set
@@ -207,7 +207,9 @@ def build(options: BuildOptions, mirror: str | None = None, force: bool = False)
             parts = {FUSION: (fused, {v: v for v in [*converted, FUSION]})}
         else:
             parts = {v: (m, {v: m.graph.output[0].name}) for v, m in converted.items()}
-        flops = _flops([model for model, _ in parts.values()])
+        flops = _flops([model for model, _ in parts.values()])  # the network's own work
+        for name, (model, outputs) in parts.items():
+            parts[name] = (_apply_layout(model, options), outputs)
         models = [
             _write_model(tmp, name, model, outputs, options, calibration)
             for name, (model, outputs) in progress.bar(parts.items(), desc="precision")
@@ -260,9 +262,29 @@ def _flops(models: list[Any]) -> dict[str, Any]:
 
 
 def _passes(options: BuildOptions) -> list[str]:
+    from fsanet.convert.layout import layout_passes
     from fsanet.convert.passes import PASSES
 
-    return [*(PASSES if options.optimize else []), *(["fuse_variants"] if options.fuse else [])]
+    return [
+        *(PASSES if options.optimize else []),
+        *(["fuse_variants"] if options.fuse else []),
+        *(
+            layout_passes(options.backend, options.precision, options.fuse)
+            if options.optimize
+            else []
+        ),
+    ]
+
+
+def _apply_layout(model: Any, options: BuildOptions) -> Any:
+    """The backend- and precision-specific rewrites (see fsanet.convert.layout)."""
+    from fsanet.convert.layout import LAYOUT_PASSES, layout_passes
+
+    if not options.optimize:
+        return model
+    for name in layout_passes(options.backend, options.precision, options.fuse):
+        model = LAYOUT_PASSES[name](model)
+    return model
 
 
 def _calibration_record(options: BuildOptions, total: int) -> dict[str, Any]:
