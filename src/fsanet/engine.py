@@ -115,6 +115,11 @@ class PoseEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def warm_up(self, max_batch: int) -> None:
+        """Prepare every batch shape up to `max_batch` crops (see Runner.warm_up)."""
+        for part in self._parts:
+            part.runner.warm_up(max_batch)
+
     def predict_variants(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Angles per variant, plus `fusion` when the engine holds several."""
         batch = check_images(images)

@@ -75,3 +75,13 @@ def test_fused_engine_on_openvino_matches_tensorflow(shared, aflw2000):
         ours, theirs = engine.predict_variants(images), tf.predict_variants(images)
     for name in ("capsule", "var", "noS", "fusion"):
         assert np.abs(ours[name] - theirs[name]).max() < 1e-3
+
+
+def test_warm_up_compiles_every_shape_a_batch_can_use(tiny_ir, crops, tmp_path):
+    with OpenVinoRunner(tiny_ir(tmp_path, "N"), "x", ["pose"], threads=2) as runner:
+        runner.warm_up(32)
+        # A lone crop on both cores, and parts of up to 16 crops on one core each.
+        assert set(runner._compiled) == {(1, 2), (1, 1), (2, 1), (4, 1), (8, 1), (16, 1)}
+        out = runner.infer(crops(27))["pose"]
+        assert len(runner._compiled) == 6  # 27 crops: parts of 14 and 13, both run at 16
+    np.testing.assert_allclose(out, crops(27).mean(axis=(1, 2)), rtol=1e-4)

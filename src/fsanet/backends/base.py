@@ -120,6 +120,13 @@ class Runner(ABC):
             results = self._infer_parts([batch[start:stop] for start, stop in parts])
         return {name: np.concatenate([r[name] for r in results]) for name in self.output_names}
 
+    def warm_up(self, max_batch: int) -> None:
+        """Run each batch shape that calls of up to `max_batch` crops use, so that the first
+        real calls do not pay for setting them up (OpenVINO compiles a model per shape)."""
+        sizes = {min(1 << i, max_batch) for i in range(max(max_batch, 1).bit_length() + 1)}
+        for size in sorted(sizes):
+            self.infer(np.full((size, *IMAGE_SHAPE), 128, np.float32))
+
     def _infer_parts(self, parts: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Run the parts of one batch concurrently, part i on worker i."""
         assert self._pool is not None

@@ -439,6 +439,7 @@ def serve(
 ) -> None:
     """Run the service until SIGINT/SIGTERM; shutdown lets requests in flight finish."""
     config = config or ServeConfig()
+    engine.warm_up(config.max_batch)  # before listening: no request waits for it
     app = create_app(engine, config, estimator)
     sock = listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
