@@ -4,7 +4,6 @@ import collections
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -12,15 +11,6 @@ from fsanet.convert.layout import fuse_input_separable, layout_passes, stack_var
 from fsanet.convert.passes import fuse_variants
 
 F = TensorProto.FLOAT
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, {session.get_inputs()[0].name: x})
 
 
 def _assert_close(actual: np.ndarray, expected: np.ndarray) -> None:
@@ -87,13 +77,13 @@ def image() -> np.ndarray:
     return np.random.default_rng(7).uniform(0, 255, (5, 8, 8, 3)).astype(np.float32)
 
 
-def test_the_separable_stem_becomes_one_dense_conv(image):
+def test_the_separable_stem_becomes_one_dense_conv(run_onnx, image):
     model = _backbone(0)
     after = fuse_input_separable(_copy(model))
     # Only the stem (3 input channels); the 8-channel separable conv stays as it is.
     assert _ops(after)["Conv"] == _ops(model)["Conv"] - 1
     assert [n.op_type for n in after.graph.node][:2] == ["Transpose", "Conv"]
-    _assert_close(_run(after, image)[0], _run(model, image)[0])
+    _assert_close(run_onnx(after, image)[0], run_onnx(model, image)[0])
 
 
 def test_a_depthwise_conv_read_twice_is_left_alone(image):
@@ -105,7 +95,7 @@ def test_a_depthwise_conv_read_twice_is_left_alone(image):
     assert _ops(after)["Conv"] == _ops(model)["Conv"]
 
 
-def test_a_depth_multiplier_and_a_depthwise_bias_are_folded(image):
+def test_a_depth_multiplier_and_a_depthwise_bias_are_folded(run_onnx, image):
     model = _backbone(0)
     rng = np.random.default_rng(1)
     graph = model.graph
@@ -125,16 +115,16 @@ def test_a_depth_multiplier_and_a_depthwise_bias_are_folded(image):
     graph.node[1].input.append("db")
     after = fuse_input_separable(_copy(model))
     assert _ops(after)["Conv"] == _ops(model)["Conv"] - 1
-    _assert_close(_run(after, image)[0], _run(model, image)[0])
+    _assert_close(run_onnx(after, image)[0], run_onnx(model, image)[0])
 
 
 def _fused(*models: onnx.ModelProto) -> onnx.ModelProto:
     return fuse_variants({f"v{i}": m for i, m in enumerate(models)}, "fusion")
 
 
-def test_matching_variants_run_stacked(image):
+def test_matching_variants_run_stacked(run_onnx, image):
     fused = _fused(_backbone(0), _backbone(1), _backbone(2))
-    before = _run(fused, image)
+    before = run_onnx(fused, image)
     after = stack_variants(_copy(fused))
     ops = _ops(after)
     # Everything up to the head runs once, three times as wide; the heads stay apart.
@@ -148,19 +138,19 @@ def test_matching_variants_run_stacked(image):
         if a.name == "group"
     }
     assert grouped == {9, 3, 24}
-    for a, b in zip(_run(after, image), before, strict=True):
+    for a, b in zip(run_onnx(after, image), before, strict=True):
         _assert_close(a, b)
 
 
-def test_stacking_stops_where_variants_differ(image):
+def test_stacking_stops_where_variants_differ(run_onnx, image):
     fused = _fused(_backbone(0), _backbone(1, pool="AveragePool"))
-    before = _run(fused, image)
+    before = run_onnx(fused, image)
     after = stack_variants(_copy(fused))
     ops = _ops(after)
     # The stem, BN and ReLU are stacked; from the pools on, each variant has its own ops.
     assert ops["BatchNormalization"] == 1 and ops["Conv"] == 2 + 2 * 2
     assert ops["MaxPool"] == 1 and ops["AveragePool"] == 1
-    for a, b in zip(_run(after, image), before, strict=True):
+    for a, b in zip(run_onnx(after, image), before, strict=True):
         _assert_close(a, b)
 
 
@@ -176,14 +166,14 @@ def test_layout_passes_are_for_openvino_bf16():
     assert layout_passes("onnxruntime", "fp32", True) == []
 
 
-def test_the_real_fused_engine_keeps_its_outputs(fusion_artifact, aflw2000):
+def test_the_real_fused_engine_keeps_its_outputs(run_onnx, fusion_artifact, aflw2000):
     """Both passes on the default engine's graph: same angles on AFLW2000 crops, and the
     backbone's 105 convolutions run as 35 (the three variants stacked, the stems dense)."""
     model = onnx.load(fusion_artifact.path / fusion_artifact.manifest.models[0].file)
     images = aflw2000.images[:32].astype(np.float32)
-    before = _run(model, images)
+    before = run_onnx(model, images)
     after = stack_variants(fuse_input_separable(_copy(model)))
     onnx.checker.check_model(after)
     assert _ops(model)["Conv"] == 105 and _ops(after)["Conv"] == 35
-    for a, b in zip(_run(after, images), before, strict=True):
+    for a, b in zip(run_onnx(after, images), before, strict=True):
         assert np.abs(a - b).max() < 1e-3

@@ -2,7 +2,6 @@
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -15,15 +14,6 @@ from fsanet.convert.passes import (
 )
 
 F = TensorProto.FLOAT
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, {session.get_inputs()[0].name: x})
 
 
 def _const(name: str, value) -> onnx.TensorProto:
@@ -93,14 +83,14 @@ def _map_loop_model(counter_start: int = 0) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_capsule_map_becomes_one_matmul():
+def test_capsule_map_becomes_one_matmul(run_onnx):
     model = _map_loop_model()
     x = np.random.default_rng(1).normal(size=(5, 2, 4)).astype(np.float32)
-    expected = _run(model, x)[0]
+    expected = run_onnx(model, x)[0]
     batched = drop_dead_nodes(batch_capsule_map(model))
     ops = [n.op_type for n in batched.graph.node]
     assert "Loop" not in ops and ops.count("MatMul") == 1
-    np.testing.assert_allclose(_run(batched, x)[0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_onnx(batched, x)[0], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_a_loop_that_is_not_a_plain_map_is_left_alone():
@@ -108,7 +98,7 @@ def test_a_loop_that_is_not_a_plain_map_is_left_alone():
     assert "Loop" in [n.op_type for n in batch_capsule_map(model).graph.node]
 
 
-def test_fold_constants_computes_constant_nodes():
+def test_fold_constants_computes_constant_nodes(run_onnx):
     graph = helper.make_graph(
         [
             helper.make_node("Mul", ["a", "b"], ["ab"]),
@@ -124,7 +114,7 @@ def test_fold_constants_computes_constant_nodes():
     assert [n.op_type for n in folded.graph.node] == ["Add"]
     assert {i.name for i in folded.graph.initializer} == {"ab"}  # a and b are dead now
     x = np.float32([1, 1, 1])
-    np.testing.assert_array_equal(_run(folded, x)[0], [5, 11, 19])
+    np.testing.assert_array_equal(run_onnx(folded, x)[0], [5, 11, 19])
 
 
 def test_drop_dead_nodes():
@@ -149,12 +139,12 @@ def _tiny_variant(scale: float) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_fuse_variants_gives_each_output_and_the_mean():
+def test_fuse_variants_gives_each_output_and_the_mean(run_onnx):
     fused = fuse_variants({"a": _tiny_variant(1.0), "b": _tiny_variant(3.0)}, "fusion")
     assert [o.name for o in fused.graph.output] == ["a", "b", "fusion"]
     assert len(fused.graph.input) == 1
     x = np.float32([[1, 2, 3], [-1, 0, 2]])
-    a, b, mean = _run(fused, x)
+    a, b, mean = run_onnx(fused, x)
     np.testing.assert_allclose(a, np.maximum(x, 0))
     np.testing.assert_allclose(b, np.maximum(3 * x, 0))
     np.testing.assert_allclose(mean, (a + b) / 2)
@@ -170,13 +160,13 @@ def converted(shared):
 
 
 @pytest.mark.parametrize("name", list(PASSES))
-def test_each_pass_keeps_fsanet_outputs(converted, aflw2000, name):
+def test_each_pass_keeps_fsanet_outputs(run_onnx, converted, aflw2000, name):
     images = aflw2000.images[:24].astype(np.float32)
     for variant, model in converted.items():
-        before = _run(model, images)[0]
+        before = run_onnx(model, images)[0]
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        after = _run(PASSES[name](copy), images)[0]
+        after = run_onnx(PASSES[name](copy), images)[0]
         assert np.abs(after - before).max() < 1e-4, (variant, name)
 
 

@@ -22,8 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from fsanet.convert.passes import Pass, drop_dead_nodes
-from fsanet.errors import BuildError
+from fsanet.convert.passes import Pass, drop_dead_nodes, sort_topologically
 
 # The most input channels a separable stem may have to be made dense (an image has 3).
 STEM_MAX_CHANNELS = 4
@@ -218,11 +217,10 @@ def stack_variants(model: onnx.ModelProto) -> onnx.ModelProto:
     rest = [n for n in nodes if id(n) not in taken]
     new_nodes, new_params = _emit(stacking, params, channels, graph, rest)
     graph.initializer.extend(new_params)
-    ordered = _topological([*rest, *new_nodes], graph)
     del graph.node[:]
-    graph.node.extend(ordered)
+    graph.node.extend([*rest, *new_nodes])
     del graph.value_info[:]
-    return drop_dead_nodes(model)
+    return drop_dead_nodes(sort_topologically(model))
 
 
 def _stackable(node: onnx.NodeProto, sig: list[tuple], channels: dict[str, int]) -> bool:
@@ -385,24 +383,6 @@ def _same_op(a: onnx.NodeProto, b: onnx.NodeProto) -> bool:
     return (
         a.op_type == b.op_type and a.domain == b.domain and _attribute_key(a) == _attribute_key(b)
     )
-
-
-def _topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    ordered: list[onnx.NodeProto] = []
-    waiting = nodes
-    while waiting:
-        blocked = []
-        for node in waiting:
-            if all(name in available for name in node.input):
-                ordered.append(node)
-                available.update(node.output)
-            else:
-                blocked.append(node)
-        if len(blocked) == len(waiting):
-            raise BuildError("stack_variants: the rewritten graph has a cycle")
-        waiting = blocked
-    return ordered
 
 
 LAYOUT_PASSES: dict[str, Pass] = {

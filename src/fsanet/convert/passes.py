@@ -146,6 +146,27 @@ def batch_capsule_map(model: onnx.ModelProto) -> onnx.ModelProto:
 # --- generic clean-up ----------------------------------------------------------------------
 
 
+def sort_topologically(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Order the nodes so that each comes after the producers of its inputs."""
+    graph = model.graph
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    ordered, pending = [], list(graph.node)
+    while pending:
+        waiting = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            raise BuildError("internal: the rewritten graph has a cycle or a missing input")
+        pending = waiting
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return model
+
+
 def drop_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Remove nodes and initializers that no graph output depends on."""
     graph = model.graph

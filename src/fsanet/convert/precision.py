@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from fsanet.convert.passes import sort_topologically
 from fsanet.errors import FsanetError
 
 FP16_OPS = frozenset({"Conv", "MatMul", "Gemm"})
@@ -124,7 +125,7 @@ def to_fp16(model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
     keep = fp32_islands(model, calibration)
     with _quiet():
         converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
-    return _topological(_drop_cast_round_trips(converted))
+    return sort_topologically(_drop_cast_round_trips(converted))
 
 
 def _cast_to(node: onnx.NodeProto) -> int:
@@ -164,26 +165,6 @@ def _drop_cast_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
         node.input[:] = [rename.get(name, name) for name in node.input]
     del graph.node[:]
     graph.node.extend(kept)
-    return model
-
-
-def _topological(model: onnx.ModelProto) -> onnx.ModelProto:
-    graph = model.graph
-    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    ordered, pending = [], list(graph.node)
-    while pending:
-        waiting = []
-        for node in pending:
-            if all(name in ready for name in node.input):
-                ordered.append(node)
-                ready.update(node.output)
-            else:
-                waiting.append(node)
-        if len(waiting) == len(pending):
-            raise FsanetError("internal: the fp16 graph has a cycle or a missing input")
-        pending = waiting
-    del graph.node[:]
-    graph.node.extend(ordered)
     return model
 
 
