@@ -262,27 +262,28 @@ def _flops(models: list[Any]) -> dict[str, Any]:
 
 
 def _passes(options: BuildOptions) -> list[str]:
-    from fsanet.convert.layout import layout_passes
     from fsanet.convert.passes import PASSES
 
     return [
         *(PASSES if options.optimize else []),
         *(["fuse_variants"] if options.fuse else []),
-        *(
-            layout_passes(options.backend, options.precision, options.fuse)
-            if options.optimize
-            else []
-        ),
+        *_layout_passes(options),
     ]
 
 
-def _apply_layout(model: Any, options: BuildOptions) -> Any:
+def _layout_passes(options: BuildOptions) -> list[str]:
     """The backend- and precision-specific rewrites (see fsanet.convert.layout)."""
-    from fsanet.convert.layout import LAYOUT_PASSES, layout_passes
+    from fsanet.convert.layout import layout_passes
 
     if not options.optimize:
-        return model
-    for name in layout_passes(options.backend, options.precision, options.fuse):
+        return []
+    return layout_passes(options.backend, options.precision, options.fuse)
+
+
+def _apply_layout(model: Any, options: BuildOptions) -> Any:
+    from fsanet.convert.layout import LAYOUT_PASSES
+
+    for name in _layout_passes(options):
         model = LAYOUT_PASSES[name](model)
     return model
 

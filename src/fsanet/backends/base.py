@@ -44,6 +44,13 @@ def check_images(images: object) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
+def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    """The batch grown to `size` crops with copies of its last one (outputs are sliced back)."""
+    if len(batch) >= size:
+        return batch
+    return np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
+
+
 def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -145,10 +152,7 @@ class Runner(ABC):
         for start in range(0, len(batch), size):
             chunk = batch[start : start + size]
             n = len(chunk)
-            if n < size:
-                pad = np.repeat(chunk[-1:], size - n, axis=0)
-                chunk = np.concatenate([chunk, pad])
-            outputs = self._run(chunk, worker, cores)
+            outputs = self._run(pad_batch(chunk, size), worker, cores)
             for name, out in zip(self.output_names, outputs, strict=True):
                 parts[name].append(out[:n])
         return {name: np.concatenate(arrays) for name, arrays in parts.items()}

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import openvino as ov
 
-from fsanet.backends.base import IMAGE_SHAPE, Runner
+from fsanet.backends.base import IMAGE_SHAPE, Runner, pad_batch
 from fsanet.errors import ArtifactError
 
 # Our precision names -> OpenVINO's inference precision hint. int8 IR carries its own
@@ -69,9 +69,9 @@ class OpenVinoRunner(Runner):
         # OpenVINO runs the parts on its own streams: start them all, then collect.
         started = []
         for worker, part in enumerate(parts):
-            padded, size = _padded(part)
+            size = fixed_batch(len(part))
             request = self._requests(size, 1)[worker]
-            request.start_async({0: padded})
+            request.start_async({0: pad_batch(part, size)})
             started.append((request, len(part)))
         results = []
         for request, n in started:
@@ -80,20 +80,11 @@ class OpenVinoRunner(Runner):
         return results
 
     def _run(self, batch: np.ndarray, worker: int, cores: int) -> list[np.ndarray]:
-        padded, size = _padded(batch, self.batch_size)
+        size = self.batch_size or fixed_batch(len(batch))
         request = self._requests(size, cores)[worker if cores == 1 else 0]
-        request.infer({0: padded})
+        request.infer({0: pad_batch(batch, size)})
         return [self._output(request, name, len(batch)) for name in self.output_names]
 
     @staticmethod
     def _output(request: ov.InferRequest, name: str, n: int) -> np.ndarray:
         return request.get_tensor(name).data[:n].copy()
-
-
-def _padded(batch: np.ndarray, size: int | None = None) -> tuple[np.ndarray, int]:
-    """The batch padded with copies of its last crop to `size` (default: its fixed batch)."""
-    n = len(batch)
-    size = size or fixed_batch(n)
-    if n < size:
-        batch = np.concatenate([batch, np.repeat(batch[-1:], size - n, axis=0)])
-    return batch, size
