@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,15 +23,16 @@ from fsanet.bench import (
     Ratio,
     benchmark,
     check_plot_path,
+    core,
     count_flops,
     interleave,
     machine_info,
     parse_batches,
 )
-from fsanet.bench.core import expand_models, split_iterations
-from fsanet.bench.machine import _cpuinfo
+from fsanet.bench.core import ThreadChoice, _choose_threads, _Entry, expand_models, split_iterations
 from fsanet.cli import main
 from fsanet.errors import FsanetError
+from fsanet.machine import this_machine
 
 # --- statistics ------------------------------------------------------------------------------
 
@@ -94,6 +96,15 @@ class FakeEngine:
         self.log.append((self.name, len(images)))
         self.seen.append(images)
         return np.zeros((len(images), 3), np.float32)
+
+
+@dataclass
+class SlowEngine(FakeEngine):
+    delay: float = 0.0
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        time.sleep(self.delay)
+        return super().__call__(images)
 
 
 def test_benchmark_runs_engines_interleaved():
@@ -264,18 +275,14 @@ def test_flops_of_the_fsanet_engine(fusion_engine):
 # --- machine -----------------------------------------------------------------------------------
 
 
-def test_cpuinfo_reads_the_first_processor(tmp_path):
-    text = "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\n"
-    (tmp_path / "cpuinfo").write_text(text)
-    info = _cpuinfo(str(tmp_path / "cpuinfo"))
-    assert info["model name"] == "Test CPU" and info["flags"] == "fpu avx2 fma"
-    assert _cpuinfo(str(tmp_path / "missing")) == {}
-
-
-def test_machine_info_never_imports_tensorflow():
+def test_machine_info_is_the_machine_the_runtimes_see():
     info = machine_info()
-    assert {"cpu", "logical_cpus", "usable_cpus", "isa", "libraries", "blas"} <= set(info)
-    assert "tensorflow" not in info["libraries"]
+    # The CPU as fsanet.machine reads it (CPUID, right under an emulator), plus the software.
+    assert this_machine().to_dict().items() <= info.items()
+    assert {"model", "cores", "isa_class", "features", "logical_cpus", "libraries", "blas"} <= set(
+        info
+    )
+    assert "tensorflow" not in info["libraries"]  # never imported for it
     assert info["libraries"]["onnxruntime"]
 
 
@@ -311,6 +318,10 @@ def test_json_shape(fusion_artifact, capsys, tmp_path):
     assert main(["bench", engine, engine, *_SMALL, "--json", "--plot", str(plot)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {"settings", "machine", "peak", "results", "baseline", "plot"} <= set(data)
+    machine = data["machine"]
+    assert machine["isa_class"] == this_machine().isa_class
+    assert machine["features"] == list(this_machine().features)
+    assert machine["model"] and machine["cores"] == available_cpus()
     # Default: every usable core, for the engines and the peak alike.
     assert data["peak"]["gflops"] > 0 and data["peak"]["threads"] == available_cpus()
     assert data["settings"]["threads"] == available_cpus()
@@ -322,13 +333,15 @@ def test_json_shape(fusion_artifact, capsys, tmp_path):
         assert r["throughput"] > 0 and r["iterations"] == 3
         assert 85e6 < r["flops_per_image"] < 92e6 and r["percent_of_peak"] > 0
         assert r["io"]["models"][0]["inputs"][0]["shape"] == ["N", 64, 64, 3]
+        assert r["thread_setting"] is None  # only the TensorFlow baseline has one
     first, second = data["results"][:2]
     assert first["ratio"] is None
     assert second["ratio"] > 0 and len(second["ratio_spread"]["rounds"]) == 3
     assert second["reference"] == first["label"]
 
 
-def test_baseline_tensorflow(fusion_artifact, capsys):
+def test_baseline_tensorflow(fusion_artifact, capsys, monkeypatch):
+    monkeypatch.setattr(core, "TRIAL_SECONDS", 0.02)
     args = ["bench", str(fusion_artifact.path), "--baseline", "tensorflow", "--no-peak"]
     assert main([*args, "--batch", "1", "--iterations", "2", "--warmup", "1", "-q", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -337,6 +350,46 @@ def test_baseline_tensorflow(fusion_artifact, capsys):
     assert ort["reference"] == tf["label"] and ort["ratio"] > 0 and tf["ratio"] is None
     assert data["machine"]["libraries"]["tensorflow"]
     assert data["peak"] is None
+    assert ort["thread_setting"] is None
+    chosen = tf["thread_setting"]
+    trials = chosen["trials"]
+    if available_cpus() > 1:
+        assert set(trials) == {"split", "intra", "inter", "intra+inter"}
+        assert chosen["setting"] == max(trials, key=trials.__getitem__)
+    else:  # one core: every setting is the same, none is tried
+        assert chosen == {"setting": "split", "trials": {}}
+
+
+def test_tensorflow_baseline_keeps_its_fastest_thread_setting(fusion_artifact, monkeypatch):
+    monkeypatch.setattr(core, "TRIAL_SECONDS", 0.02)
+    report = benchmark(
+        [str(fusion_artifact.path)], [1, 4], iterations=2, warmup=1, rounds=1, threads=2,
+        baseline="tensorflow", peak=False, dataset="random",
+    )  # fmt: skip
+    tf = [r for r in report.results if r.backend == "tensorflow"]
+    assert [r.batch for r in tf] == [1, 4]
+    for r in tf:
+        assert r.thread_choice is not None
+        trials = r.thread_choice.trials
+        assert list(trials) == ["split", "intra", "inter", "intra+inter"]
+        assert all(t > 0 for t in trials.values())
+        assert r.thread_choice.setting == max(trials, key=trials.__getitem__)
+        assert r.to_dict()["thread_setting"]["setting"] == r.thread_choice.setting
+    text = str(report)
+    assert "TensorFlow's thread setting" in text and "batch 4: " in text
+
+
+def test_thread_trials_pick_the_fastest_setting():
+    slow_log: list[tuple[str, int]] = []
+    slow, fast = SlowEngine("slow", slow_log, delay=0.003), FakeEngine("fast", [])
+    entry = _Entry(slow, "ref", None, None, {}, {"split": slow, "inter": fast})
+    feeds = [np.zeros((2, 64, 64, 3), np.uint8)]
+    choice = _choose_threads(entry, feeds, warmup=1)
+    assert choice.setting == "inter" and choice.trials["inter"] > choice.trials["split"] > 0
+    assert slow_log  # each setting was warmed up and timed
+    assert _choose_threads(_Entry(slow, "ref", None, None, {}, {"split": slow}), feeds, 1) == (
+        ThreadChoice("split", {})
+    )  # one setting (one core): nothing to try
 
 
 def test_bench_never_imports_tensorflow(fusion_artifact, run_cli):

@@ -46,6 +46,12 @@ class Manifest:
     key: str
     created: str
     format: str = FORMAT
+    # Where it was built and checked (fsanet.machine.Machine.to_dict()).
+    machine: dict[str, Any] = field(default_factory=dict)
+    # What the runtime really runs: device, the precision of its heavy ops, op counts.
+    executed: dict[str, Any] = field(default_factory=dict)
+    # How the runner uses the machine: {"cores": "split" | "shared", "shapes": ...}.
+    runtime: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,6 +66,8 @@ class Manifest:
         manifest = cls(**fields)
         if manifest.batch_mode not in ("dynamic", "fixed"):
             raise ValueError(f"batch_mode {manifest.batch_mode!r}")
+        if not isinstance(manifest.runtime, dict):
+            raise ValueError(f"runtime {manifest.runtime!r}")
         covered = {v for m in manifest.models for v in m.outputs}
         if not manifest.variants or set(manifest.variants) - covered:
             raise ValueError("the models do not provide every variant listed")

@@ -71,7 +71,7 @@ def _build_options(args: argparse.Namespace) -> BuildOptions:
 
 def _option_values(args: argparse.Namespace) -> dict[str, Any]:
     """The engine options of `_add_engine_options`, as BuildOptions.create's arguments."""
-    return {
+    values = {
         "backend": args.backend,
         "precision": args.precision,
         "dynamic_batch": args.shape_mutable,
@@ -81,32 +81,49 @@ def _option_values(args: argparse.Namespace) -> dict[str, Any]:
         "fuse": args.fuse,
         "calibration_method": args.calibration_method,
         "calibration_size": args.calibration_size,
+        "layout": args.layout,
+        "cores": args.cores,
+        "shapes": args.shapes,
+        "int8_scheme": args.int8_scheme,
     }
+    if getattr(args, "tune_batches", None):
+        values["tune_batches"] = args.tune_batches
+    return values
 
 
 def _describe(artifact: Artifact) -> str:
     m = artifact.manifest
     batch = "dynamic batch" if m.batch_mode == "dynamic" else f"fixed batch {m.batch_size}"
     parity = m.parity
-    tolerance = parity["tolerance_deg"]
+    runtime = ", ".join(f"{k} {v}" for k, v in m.runtime.items())
     lines = [
         f"engine {artifact.path}",
         f"  variants {', '.join(m.variants)}; {m.backend}, {m.precision}, {batch}, "
-        f"opset {m.opset}; passes: {', '.join(m.extra.get('passes', [])) or 'none'}",
+        f"opset {m.opset}; passes: {', '.join(m.extra.get('passes', [])) or 'none'}; {runtime}",
+        f"  built and checked on {m.machine.get('model', '?')} ({m.machine.get('isa_class', '?')})",
+        f"  runs: {m.executed.get('device', '?')}; {m.executed.get('status', '?')}",
         f"  parity with TensorFlow: max |diff| {parity['max_abs_diff_deg']:.1e}° over "
         f"{parity['num_inputs']} inputs ({parity['num_real']} AFLW2000 crops, "
-        f"{parity['num_random']} random)"
-        + (f"; tolerance {tolerance:g}°" if tolerance is not None else ""),
+        f"{parity['num_random']} random); {parity.get('status', '?')}",
     ]
     if accuracy := m.extra.get("accuracy"):
-        verdict = {True: "within", False: "OUTSIDE", None: "no"}[accuracy["within_bound"]]
+        held_out = (
+            f"; held-out {accuracy['mae_held_out']:.3f}° on {accuracy['num_held_out']} images"
+            if "calibration" in m.extra
+            else ""
+        )
         lines.append(
             f"  AFLW2000 fusion MAE {accuracy['mae']:.3f}° vs "
-            f"{accuracy['mae_fp32_tensorflow']:.3f}° for fp32 TensorFlow "
-            f"({accuracy['delta']:+.3f}°, {verdict} bound"
-            + (f" ±{accuracy['bound']}°" if accuracy["bound"] is not None else "")
-            + f"); held-out {accuracy['mae_held_out']:.3f}° on {accuracy['num_held_out']} images"
+            f"{accuracy['mae_fp32_tensorflow']:.3f}° for fp32 TensorFlow; "
+            f"{accuracy['status']}{held_out}"
         )
+    if int8 := m.extra.get("int8"):
+        tried = ", ".join(f"{t['scheme']} {t['delta']:+.3f}°" for t in int8["tried"])
+        lines.append(f"  int8 setting {int8['scheme']} (tried on this CPU: {tried})")
+    if tuning := m.extra.get("tuning"):
+        from fsanet.tune import TuningReport
+
+        lines += ["", str(TuningReport.from_dict(tuning))]
     return "\n".join(lines)
 
 
@@ -160,7 +177,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     # JSON Lines go to stdout unless written elsewhere; the summary then goes to stderr.
     jsonl = args.jsonl or (None if args.output else "-")
-    engine = load(args.engine or args.model, threads=args.threads, mirror=args.mirror)
+    engine = load(
+        args.engine or args.model,
+        threads=args.threads,
+        mirror=args.mirror,
+        **({} if args.engine else {"backend": args.backend, "precision": args.precision}),
+    )
     with (
         HeadPoseEstimator(
             engine,
@@ -208,6 +230,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     batches = parse_batches(args.batch)
     if args.plot:
         check_plot_path(args.plot)  # fail now, not after minutes of measuring
+    args.tune_batches = batches  # --precision auto tunes at the batch sizes measured
     report = benchmark(
         args.models or ["fusion"],
         batches,
@@ -306,13 +329,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_engine_options(p: argparse.ArgumentParser, models_help: str) -> None:
     p.add_argument("models", nargs="*", metavar="MODEL", help=models_help)
-    p.add_argument(
-        "--precision",
-        default="fp32",
-        help="fp32, fp16, bf16 (openvino) or int8; the seed's force_float32, force_float16 "
-        "and qint8_mixed_float16 too (default fp32)",
-    )
-    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or openvino")
+    _add_precision_options(p)
     p.add_argument(
         "--shape-mutable",
         type=_bool,
@@ -350,6 +367,41 @@ def _add_engine_options(p: argparse.ArgumentParser, models_help: str) -> None:
         action="store_false",
         help="one model per variant instead of one fused graph",
     )
+    p.add_argument(
+        "--int8-scheme",
+        default="cpu",
+        help="int8 settings: cpu (default: this CPU's, tried in order and measured); "
+        "onnxruntime: u8s8, u8u8, u8s8-7bit; openvino: performance, mixed",
+    )
+    p.add_argument(
+        "--layout",
+        choices=("plain", "stacked"),
+        default="plain",
+        help="stacked: dense stem and the variants' backbones side by side (default plain)",
+    )
+    p.add_argument(
+        "--cores",
+        choices=("split", "shared"),
+        default="split",
+        help="split: one part of a batch per core; shared: one call on every core (split)",
+    )
+    p.add_argument(
+        "--shapes",
+        choices=("fixed", "dynamic"),
+        default="fixed",
+        help="openvino: a model per padded batch size, or one for all (fixed)",
+    )
+
+
+def _add_precision_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32, fp16, bf16 (openvino) or int8, where this CPU runs it; auto: the fastest "
+        "engine within its accuracy bound, measured here; the seed's force_float32, "
+        "force_float16 and qint8_mixed_float16 too (default fp32)",
+    )
+    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or openvino")
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
@@ -380,8 +432,24 @@ def _args_dataset(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", metavar="NPZ", help="where to write (default: the cache)")
 
 
+def _batches(text: str) -> list[int]:
+    from fsanet.bench import parse_batches
+
+    try:
+        return parse_batches(text)
+    except FsanetError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _args_build(p: argparse.ArgumentParser) -> None:
     _add_engine_options(p, "fusion (default), capsule, var or noS")
+    p.add_argument(
+        "--batch",
+        dest="tune_batches",
+        type=_batches,
+        metavar="SIZES",
+        help="--precision auto: batch sizes to time the candidates at (1,32)",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
 
 
@@ -420,6 +488,7 @@ def _args_predict(p: argparse.ArgumentParser) -> None:
         help="one JSON record per face ('-': stdout, the default without --output)",
     )
     p.add_argument("--model", default="fusion", help="fusion (default), capsule, var or noS")
+    _add_precision_options(p)
     p.add_argument("--engine", metavar="DIR", help="an engine artifact directory")
     p.add_argument("--threads", type=_positive, help="cores to use (default: all available)")
     p.add_argument("--frames", type=_positive, help="at most N frames per video or camera")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fsanet.artifact import Artifact
 from fsanet.backends import Runner, check_images, runner_class
+from fsanet.backends.base import executed_precision
 from fsanet.fetch import fetch
 from fsanet.zoo import FUSION, Variant, resolve_variants
 
@@ -57,9 +61,15 @@ class PoseEngine:
         return sizes.pop() if len(sizes) == 1 else None
 
     @classmethod
-    def from_artifact(cls, artifact: Artifact, threads: int | None = None) -> PoseEngine:
+    def from_artifact(
+        cls, artifact: Artifact, threads: int | None = None, **runtime: str
+    ) -> PoseEngine:
+        """The engine an artifact holds; `runtime` overrides its manifest's runtime settings
+        (cores="split" | "shared"; shapes="fixed" | "dynamic" for OpenVINO)."""
         manifest = artifact.manifest
         runner = runner_class(manifest.backend)
+        settings = {**manifest.runtime, **runtime}
+        _note_other_machine(artifact)
         parts = [
             _Part(
                 runner(
@@ -69,6 +79,7 @@ class PoseEngine:
                     batch_size=manifest.batch_size if manifest.batch_mode == "fixed" else None,
                     threads=threads,
                     precision=manifest.precision,
+                    **settings,
                 ),
                 model.outputs,
             )
@@ -88,12 +99,16 @@ class PoseEngine:
         variants: list[Variant] | None = None,
         mirror: str | None = None,
         threads: int | None = None,
+        **runtime: str,
     ) -> PoseEngine:
-        """FSA-Net's own frozen graphs in TensorFlow, one session per variant."""
+        """FSA-Net's own frozen graphs in TensorFlow, one session per variant; `runtime` goes
+        to each runner (thread_setting, see fsanet.backends.tensorflow)."""
         runner = runner_class("tensorflow")
         parts = [
             _Part(
-                runner(fetch(v.file, mirror), v.input_name, [v.output_name], threads=threads),
+                runner(
+                    fetch(v.file, mirror), v.input_name, [v.output_name], threads=threads, **runtime
+                ),
                 {v.name: v.output_name},
             )
             for v in (variants or resolve_variants(None))
@@ -114,6 +129,21 @@ class PoseEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def execution(self) -> dict[str, Any]:
+        """What the runtime runs (after load): device, op counts per precision, and the
+        precision most convolutions ran in."""
+        reports = [part.runner.execution() for part in self._parts]
+        ops: dict[str, Counter[str]] = {}
+        for report in reports:
+            for kind, counts in report["ops"].items():
+                ops.setdefault(kind, Counter()).update(counts)
+        merged = {kind: dict(counts) for kind, counts in ops.items()}
+        return {
+            **{k: v for k, v in reports[0].items() if k != "ops"},
+            "ops": merged,
+            "precision": executed_precision(merged),
+        }
 
     def warm_up(self, max_batch: int) -> None:
         """Prepare every batch shape up to `max_batch` crops (see Runner.warm_up)."""
@@ -141,3 +171,24 @@ class PoseEngine:
             f"PoseEngine({self.name!r}, backend={self.backend!r}, "
             f"precision={self.precision!r}, variants={self.variants})"
         )
+
+
+_noted: set[Path] = set()
+
+
+def _note_other_machine(artifact: Artifact) -> None:
+    """One line when an engine was built and checked on another kind of CPU: it runs, but its
+    speed (and for int8, bf16 or a tuned choice, its accuracy) was measured elsewhere."""
+    from fsanet.machine import this_machine
+
+    built = artifact.manifest.machine.get("isa_class")
+    here = this_machine().isa_class
+    if built is None or built == here or artifact.path in _noted:
+        return
+    _noted.add(artifact.path)
+    print(
+        f"fsanet: note: engine {artifact.name} was built and checked on a {built} CPU "
+        f"({artifact.manifest.machine.get('model', '?')}); this one is {here}: rebuild it here "
+        "for numbers that hold on this machine (`fsanet build --force`, or --precision auto)",
+        file=sys.stderr,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from fsanet.engine import PoseEngine
 from fsanet.errors import FsanetError
 from fsanet.evaluate import AxisErrors
 from fsanet.files import atomic_path
+from fsanet.machine import Machine, this_machine
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,8 @@ class MatrixRow:
     errors: AxisErrors
     mae_held_out: float | None  # on the images not used for calibration
     max_abs_diff_deg: float  # largest |fusion - TensorFlow fusion| over all images
-    bound: float | None
-    within_bound: bool | None
+    bound: float
+    within_bound: bool
     engine: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -44,12 +45,23 @@ class AccuracyMatrix:
     reference: AxisErrors  # TensorFlow fp32 fusion
     rows: list[MatrixRow]
     seconds: float
+    # Machine.to_dict() of where it ran: reduced precisions' accuracy depends on the CPU (which
+    # kernels run, bf16 in hardware or emulated, VNNI or not for int8).
+    machine: dict[str, Any]
+    # (backend, precision, calibration method, why no engine): not runnable as labelled on
+    # this CPU, or outside its accuracy bound (the build refuses both).
+    not_built: list[tuple[str, str, str | None, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "machine": self.machine,
             "num_images": self.num_images,
             "reference": {"backend": "tensorflow", "precision": "fp32", **self.reference.to_dict()},
             "rows": [r.to_dict() for r in self.rows],
+            "not_built": [
+                {"backend": b, "precision": p, "calibration": m, "reason": why}
+                for b, p, m, why in self.not_built
+            ],
             "seconds": round(self.seconds, 1),
         }
 
@@ -65,22 +77,26 @@ class AccuracyMatrix:
         for r in self.rows:
             e = r.errors
             held = f"{r.mae_held_out:.3f}" if r.mae_held_out is not None else "-"
-            verdict = (
-                "-"
-                if r.within_bound is None
-                else (f"{'yes' if r.within_bound else 'NO'} (±{r.bound})")
-            )
+            verdict = f"{'yes' if r.within_bound else 'NO'} (±{r.bound})"
             lines.append(
                 f"| {r.backend} | {r.precision} | {r.calibration or '-'} | {e.mae:.3f} | "
                 f"{e.yaw:.2f} | {e.pitch:.2f} | {e.roll:.2f} | {held} | "
                 f"{r.max_abs_diff_deg:.2g} | {verdict} |"
             )
+        for backend, precision, method, why in self.not_built:
+            lines.append(
+                f"| {backend} | {precision} | {method or '-'} | - | - | - | - | - | - | "
+                f"no engine: {why} |"
+            )
         return "\n".join(lines)
+
+    def describe_machine(self) -> str:
+        return str(Machine.from_dict(self.machine))
 
     def __str__(self) -> str:
         return (
             f"AFLW2000 accuracy matrix: fusion on {self.num_images} images, "
-            f"{self.seconds:.0f} s\n\n{self.to_markdown()}"
+            f"{self.seconds:.0f} s\nmachine: {self.describe_machine()}\n\n{self.to_markdown()}"
         )
 
 
@@ -120,11 +136,16 @@ def accuracy_matrix(
     with PoseEngine.tensorflow_reference(mirror=mirror) as reference:
         theirs = fused_predictions(reference, data.images)
     rows = []
+    not_built = []
     for backend, precision, method in progress.bar(configs, desc="matrix", unit="engine"):
-        options = BuildOptions.create(
-            backend=backend, precision=precision, calibration_method=method or "minmax"
-        )
-        artifact = build(options, mirror)
+        try:
+            options = BuildOptions.create(
+                backend=backend, precision=precision, calibration_method=method or "minmax"
+            )
+            artifact = build(options, mirror)
+        except FsanetError as e:  # not runnable as labelled here, or outside its bound
+            not_built.append((backend, precision, method, str(e)))
+            continue
         with PoseEngine.from_artifact(artifact) as engine:
             ours = fused_predictions(engine, data.images)
         held_out = None
@@ -144,12 +165,17 @@ def accuracy_matrix(
                 held_out,
                 float(np.abs(ours - theirs).max()),
                 bound,
-                None if bound is None else abs(errors.mae - reference_mae) <= bound,
+                abs(errors.mae - reference_mae) <= bound,
                 artifact.name,
             )
         )
     return AccuracyMatrix(
-        len(data), AxisErrors.between(theirs, data.poses), rows, time.perf_counter() - start
+        len(data),
+        AxisErrors.between(theirs, data.poses),
+        rows,
+        time.perf_counter() - start,
+        this_machine().to_dict(),
+        not_built,
     )
 
 
@@ -159,12 +185,15 @@ def write_markdown(matrix: AccuracyMatrix, path: str | Path, command: str) -> Pa
     text = (
         "# Accuracy matrix\n\n"
         f"FSA-Net fusion on the {matrix.num_images} AFLW2000 evaluation images, every backend "
-        "and precision, next to the TensorFlow fp32 reference. Produced by:\n\n"
+        "and precision, next to the TensorFlow fp32 reference, on this machine (the accuracy "
+        "of reduced precisions depends on the CPU's kernels):\n\n"
+        f"{matrix.describe_machine()}\n\nProduced by:\n\n"
         f"```bash\n{command}\n```\n\n{matrix.to_markdown()}\n\n"
         "MAE in degrees (mean of yaw, pitch, roll). Calibrated precisions use a fixed seeded "
         "subset of 200 evaluation images; 'MAE held out' scores the other 1769. The bound is "
-        "how far the MAE may move from TensorFlow's fp32 MAE: 0.02° for fp16 and bf16, "
-        "0.10° for int8.\n"
+        "how far the MAE may move from TensorFlow's fp32 MAE: 0.001° for fp32, 0.02° for fp16 "
+        "and bf16, 0.10° for int8; a build outside it is not written. 'no engine' rows say why "
+        "a combination was not built on this CPU.\n"
     )
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -12,7 +12,7 @@ import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -20,6 +20,24 @@ from fsanet.errors import InputError
 from fsanet.zoo import INPUT_SIZE
 
 IMAGE_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
+# How a runner uses the cores: "split" cuts a batch into one single-threaded part per core;
+# "shared" runs the whole batch in one call whose operators use every core.
+CORE_MODES = ("split", "shared")
+# How OpenVINO compiles a dynamic-batch model: one copy per padded batch size, or one for all.
+SHAPE_MODES = ("fixed", "dynamic")
+# The canonical names of the precisions the runtimes report for their compute-heavy ops.
+EXECUTED_PRECISIONS = {
+    "float": "fp32", "f32": "fp32", "float32": "fp32",
+    "float16": "fp16", "f16": "fp16",
+    "bfloat16": "bf16", "bf16": "bf16",
+    "uint8": "int8", "int8": "int8", "u8": "int8", "i8": "int8",
+}  # fmt: skip
+
+
+def executed_precision(counts: dict[str, dict[str, int]]) -> str:
+    """The precision most convolutions ran in, from {op kind: {precision: count}}."""
+    convs = counts.get("conv") or next(iter(counts.values()), {})
+    return max(convs, key=convs.__getitem__) if convs else "unknown"
 
 
 def check_images(images: object) -> np.ndarray:
@@ -69,8 +87,11 @@ class Runner(ABC):
     `threads` is the number of cores to use (default: all this process may use). FSA-Net's
     layers are too small to split well inside one op, so a batch is instead cut into one
     part per core and the parts run concurrently, each on one thread (data parallelism).
-    A batch too small to cut (one crop) runs alone and may use every core. Calls to `infer`
-    from several threads are safe; they take turns, since each one uses all the cores.
+    A batch too small to cut (one crop) runs alone and may use every core. `cores="shared"`
+    never cuts: every call runs alone on all the cores (better where the runtime's own
+    threading wins, measured by `fsanet build --precision auto`). `shapes` is for OpenVINO:
+    "fixed" compiles one model per padded batch size, "dynamic" one model for all. Calls to
+    `infer` from several threads are safe; they take turns, since each one uses all the cores.
     """
 
     backend: ClassVar[str]
@@ -83,13 +104,19 @@ class Runner(ABC):
         batch_size: int | None = None,
         threads: int | None = None,
         precision: str = "fp32",
+        cores: str = "split",
+        shapes: str = "fixed",
     ) -> None:
+        if cores not in CORE_MODES:
+            raise ValueError(f"cores must be one of {CORE_MODES}, got {cores!r}")
         self.model_path = Path(model_path)
         self.input_name = input_name
         self.output_names = list(output_names)
         self.batch_size = batch_size
         self.threads = threads or available_cpus()
         self.precision = precision
+        self.cores = cores
+        self.shapes = shapes
         self._loaded = False
         self._pool: ThreadPoolExecutor | None = None
         self._turn = threading.Lock()
@@ -104,7 +131,7 @@ class Runner(ABC):
     def load(self) -> None:
         if not self._loaded:
             self._load()
-            if self.threads > 1:
+            if self.threads > 1 and self.cores == "split":
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=self.backend)
             self._loaded = True
 
@@ -126,6 +153,11 @@ class Runner(ABC):
                 return self._infer_part(batch, 0, self.threads)
             results = self._infer_parts([batch[start:stop] for start, stop in parts])
         return {name: np.concatenate([r[name] for r in results]) for name in self.output_names}
+
+    def execution(self) -> dict[str, Any]:
+        """What the runtime really runs (after load): {"device": ..., "ops": {op kind:
+        {precision: count}}}, the precisions as in EXECUTED_PRECISIONS' values."""
+        return {"device": "CPU", "ops": {}}
 
     def warm_up(self, max_batch: int) -> None:
         """Run each batch shape that calls of up to `max_batch` crops use, so that the first

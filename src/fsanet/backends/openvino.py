@@ -1,24 +1,37 @@
 """OpenVINO on the CPU: runs the IR kept in the artifact.
 
-OpenVINO's CPU plugin runs a model with a dynamic batch dimension 15-30% slower than the
-same model with fixed shapes (measured on FSA-Net, see docs/BENCHMARKS.md). So each call
-runs a copy of the model compiled for a fixed batch: the call's batch rounded up to a power
-of two (padded with copies of its last crop), compiled on first use and kept.
+On an Intel Xeon with AMX, OpenVINO's CPU plugin ran a model with a dynamic batch
+dimension 15-30% slower than the same model with fixed shapes (docs/BENCHMARKS.md). With
+`shapes="fixed"` (the default) each call runs a copy of the model compiled for a fixed
+batch: the call's batch rounded up to a power of two (padded with copies of its last crop),
+compiled on first use and kept. `shapes="dynamic"` compiles one model for every batch size;
+`fsanet build --precision auto` measures which is faster on the machine at hand.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
+from typing import Any
 
 import numpy as np
 import openvino as ov
 
-from fsanet.backends.base import IMAGE_SHAPE, Runner, pad_batch
+from fsanet.backends.base import (
+    EXECUTED_PRECISIONS,
+    IMAGE_SHAPE,
+    SHAPE_MODES,
+    Runner,
+    pad_batch,
+)
 from fsanet.errors import ArtifactError
 
 # Our precision names -> OpenVINO's inference precision hint. int8 IR carries its own
 # quantised ops; the float parts around them stay fp32.
 _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+
+
+_MATMULS = ("FullyConnected", "MatMul")
 
 
 def fixed_batch(size: int) -> int:
@@ -30,18 +43,26 @@ class OpenVinoRunner(Runner):
     backend = "openvino"
 
     def _load(self) -> None:
+        if self.shapes not in SHAPE_MODES:
+            raise ArtifactError(f"shapes must be one of {SHAPE_MODES}, got {self.shapes!r}")
         self._core = ov.Core()
         self._compiled: dict[tuple[int, int], list[ov.InferRequest]] = {}
         self._compiling = threading.Lock()
         try:
             self._model = self._core.read_model(str(self.model_path))
             # Compile once now, so that a broken IR fails at load and not at the first call.
-            self._requests(self.batch_size or 1, self.threads)
+            self._requests(self._size(self.batch_size or 1), self.threads)
         except Exception as e:  # OpenVINO raises RuntimeError with multi-line text
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ArtifactError(
                 f"{self.model_path} cannot be loaded by OpenVINO ({first}): rebuild the engine"
             ) from e
+
+    def _size(self, n: int) -> int:
+        """The batch size the model is compiled for (-1: dynamic) for a call of `n` crops."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return fixed_batch(n) if self.shapes == "fixed" else -1
 
     def _requests(self, size: int, cores: int) -> list[ov.InferRequest]:
         """Infer requests (one per worker) of the model compiled for batch `size` on `cores`."""
@@ -69,7 +90,7 @@ class OpenVinoRunner(Runner):
         # OpenVINO runs the parts on its own streams: start them all, then collect.
         started = []
         for worker, part in enumerate(parts):
-            size = fixed_batch(len(part))
+            size = self._size(len(part))
             request = self._requests(size, 1)[worker]
             request.start_async({0: pad_batch(part, size)})
             started.append((request, len(part)))
@@ -80,10 +101,29 @@ class OpenVinoRunner(Runner):
         return results
 
     def _run(self, batch: np.ndarray, worker: int, cores: int) -> list[np.ndarray]:
-        size = self.batch_size or fixed_batch(len(batch))
+        size = self._size(len(batch))
         request = self._requests(size, cores)[worker if cores == 1 else 0]
         request.infer({0: pad_batch(batch, size)})
         return [self._output(request, name, len(batch)) for name in self.output_names]
+
+    def execution(self) -> dict[str, Any]:
+        """The compiled model's inference precision and each heavy layer's runtime precision."""
+        size = self._size(self.batch_size or 1)
+        compiled = self._requests(size, self.threads)[0].get_compiled_model()
+        ops: dict[str, Counter[str]] = {"conv": Counter(), "matmul": Counter()}
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            layer = info["layerType"].astype(str)
+            kind = "conv" if "Conv" in layer else "matmul" if layer in _MATMULS else None
+            if kind is not None:
+                precision = info["runtimePrecision"].astype(str)
+                ops[kind][EXECUTED_PRECISIONS.get(precision, precision)] += 1
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+        return {
+            "device": f"OpenVINO CPU ({self._core.get_property('CPU', 'FULL_DEVICE_NAME')})",
+            "inference_precision": EXECUTED_PRECISIONS.get(hint.get_type_name(), str(hint)),
+            "ops": {kind: dict(counts) for kind, counts in ops.items() if counts},
+        }
 
     @staticmethod
     def _output(request: ov.InferRequest, name: str, n: int) -> np.ndarray:

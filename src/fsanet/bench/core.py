@@ -31,6 +31,11 @@ DEFAULT_WARMUP = 20
 DEFAULT_ROUNDS = 10  # short rounds: load from other processes then hits A and B alike
 ALL = "all"  # the seed's perf.sh: every variant, then the fusion
 BASELINES = ("tensorflow",)
+# TensorFlow's thread settings are each tried this long per batch size (after a short warm-up,
+# in interleaved rounds), and the fastest is the baseline measured.
+TRIAL_SECONDS = 0.6
+TRIAL_ROUNDS = 2
+TRIAL_WARMUP = 3
 _POOL = 256  # distinct crops cycled through, so no batch is served twice in a row
 _RANDOM_SEED = 0
 
@@ -75,6 +80,23 @@ class BenchSettings:
         )
 
 
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The TensorFlow baseline's thread setting at one batch size, and what each one did."""
+
+    setting: str
+    trials: dict[str, float]  # setting -> images per second in its trial; empty: none tried
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"setting": self.setting, "trials": {k: round(v, 2) for k, v in self.trials.items()}}
+
+    def __str__(self) -> str:
+        if not self.trials:
+            return f"{self.setting} (one core: nothing to try)"
+        trials = ", ".join(f"{k} {v:.1f}" for k, v in self.trials.items())
+        return f"{self.setting} (trials, img/s: {trials})"
+
+
 @dataclass
 class BenchResult:
     """One engine at one batch size."""
@@ -96,6 +118,7 @@ class BenchResult:
     peak: Peak | None = None
     reference: str | None = None  # label of the result this one is compared with
     ratio: Ratio | None = None
+    thread_choice: ThreadChoice | None = None  # the TensorFlow baseline's thread setting
     samples: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # seconds
 
     @property
@@ -153,6 +176,7 @@ class BenchResult:
             "reference": self.reference,
             "ratio": round(self.ratio.value, 4) if self.ratio else None,
             "ratio_spread": self.ratio.to_dict() if self.ratio else None,
+            "thread_setting": self.thread_choice.to_dict() if self.thread_choice else None,
             "io": self.io,
         }
 
@@ -201,8 +225,8 @@ class BenchReport:
         env = " ".join(f"{k}={v}" for k, v in blas.get("env", {}).items())
         lines = [
             f"fsanet bench: {self.settings.describe()}",
-            f"machine: {m['cpu']}, {m['usable_cpus']} of {m['logical_cpus']} CPUs usable; "
-            f"{' '.join(m['isa'])}",
+            f"machine: {m['model']}, {m['cores']} of {m['logical_cpus']} CPUs usable; "
+            f"{m['isa_class']}: {' '.join(m['features']) or 'no vector extensions'}",
             f"libraries: python {m['libraries']['python']}, {libs}; BLAS "
             f"{blas.get('name', '?')} {blas.get('version', '')}{core}"
             + (f" ({env})" if env else ""),
@@ -237,6 +261,16 @@ class BenchReport:
         for label in self.labels:
             r = next(x for x in self.results if x.label == label)
             lines.append(f"  {label}: {r.name}; {_describe_io(r.io)}")
+        tuned = [r for r in self.results if r.thread_choice]
+        if tuned:
+            n = self.settings.threads
+            lines += [
+                "",
+                "TensorFlow's thread setting, the fastest in a short trial at each batch (split: "
+                "one single-threaded part of the batch per core; intra, inter, intra+inter: the "
+                f"whole batch in one call on {n} intra-op, inter-op or both threads):",
+            ]
+            lines += [f"  {r.label} batch {r.batch}: {r.thread_choice}" for r in tuned]
         return "\n".join(lines)
 
     def _is_reference(self, r: BenchResult) -> bool:
@@ -432,6 +466,9 @@ class _Entry:
     reference: int | None  # index of the entry it is compared with
     flops: FlopCount | None
     io: dict[str, Any]
+    # The TensorFlow baseline: one engine per thread setting, the best used at each batch size.
+    thread_engines: dict[str, Any] = field(default_factory=dict)
+    choices: dict[int, ThreadChoice] = field(default_factory=dict)  # batch -> its choice
 
 
 def parse_batches(text: str) -> list[int]:
@@ -510,7 +547,9 @@ def benchmark(
     (seconds) per engine and batch, split over `rounds` interleaved rounds after `warmup`
     iterations. `baseline="tensorflow"` adds FSA-Net's own graphs (one session per variant)
     for each variant set, and every engine gets the ratio of its throughput to it; without a
-    baseline, engines after the first are compared with the first. `threads`: cores per
+    baseline, engines after the first are compared with the first. The baseline runs at each
+    batch size in the fastest of TensorFlow's thread settings there, each tried briefly
+    first (`TRIAL_SECONDS`); each result records the choice and the trials. `threads`: cores per
     engine, the baseline included (default: all available, as the engines' default).
     """
     if threads is None:
@@ -602,17 +641,51 @@ def _entries(
             continue
         variants = tuple(engine.variants)
         if variants not in references:
-            from fsanet.engine import PoseEngine
-
-            ref = PoseEngine.tensorflow_reference(
-                [VARIANTS[v] for v in variants], mirror, threads
-            ).load()
-            opened.append(ref)
+            by_setting = _tensorflow_references(variants, threads, mirror, opened)
+            ref = next(iter(by_setting.values()))
             # The same graphs' arithmetic: the ONNX engine's count stands for TensorFlow's.
-            entries.append(_Entry(ref, _label(ref, labels), None, flops, engine_io(ref)))
+            entries.append(
+                _Entry(ref, _label(ref, labels), None, flops, engine_io(ref), by_setting)
+            )
             references[variants] = len(entries) - 1
         entry.reference = references[variants]
     return entries
+
+
+def _tensorflow_references(
+    variants: tuple[str, ...], threads: int, mirror: str | None, opened: list[Any]
+) -> dict[str, Any]:
+    """FSA-Net's own graphs, loaded once per thread setting worth trying on `threads` cores."""
+    from fsanet.backends.tensorflow import thread_settings
+    from fsanet.engine import PoseEngine
+
+    engines = {}
+    for setting in thread_settings(threads):
+        ref = PoseEngine.tensorflow_reference(
+            [VARIANTS[v] for v in variants], mirror, threads, thread_setting=setting
+        )
+        opened.append(ref)
+        engines[setting] = ref.load()
+    return engines
+
+
+def _choose_threads(entry: _Entry, feeds: list[np.ndarray], warmup: int) -> ThreadChoice:
+    """Time each thread setting briefly, in interleaved rounds, and keep the fastest."""
+    names = list(entry.thread_engines)
+    if len(names) == 1:
+        return ThreadChoice(names[0], {})
+    for name in names:  # a session's first calls set it up; not what is being compared
+        _time_calls(entry.thread_engines[name], feeds, max(1, min(warmup, TRIAL_WARMUP)), None)
+    images = dict.fromkeys(names, 0)
+    seconds = dict.fromkeys(names, 0.0)
+    for _, i in interleave(len(names), TRIAL_ROUNDS):
+        prepare, call = _time_calls(
+            entry.thread_engines[names[i]], feeds, None, TRIAL_SECONDS / TRIAL_ROUNDS
+        )
+        images[names[i]] += len(feeds[0]) * len(call)
+        seconds[names[i]] += sum(prepare) + sum(call)
+    trials = {name: images[name] / seconds[name] for name in names}
+    return ThreadChoice(max(trials, key=trials.__getitem__), trials)
 
 
 def _label(engine: Any, taken: set[str]) -> str:
@@ -633,11 +706,20 @@ def _measure(entries: list[_Entry], settings: BenchSettings, pool: np.ndarray) -
         split_iterations(settings.iterations, settings.rounds) if settings.iterations else None
     )
     seconds = settings.duration / settings.rounds if settings.duration else None
-    steps = len(settings.batches) * (len(order) + (len(entries) if settings.warmup else 0))
+    trials = sum(len(entry.thread_engines) > 1 for entry in entries)
+    steps = len(settings.batches) * (len(order) + (len(entries) if settings.warmup else 0) + trials)
     results: list[BenchResult] = []
     with progress.bar(total=steps, desc="bench", unit="run") as bar:
         for batch in settings.batches:
             feeds = _feeds(pool, batch)
+            for entry in entries:
+                if entry.thread_engines:
+                    bar.set_postfix_str(f"batch {batch} {entry.label} thread settings")
+                    choice = _choose_threads(entry, feeds, settings.warmup)
+                    entry.choices[batch] = choice
+                    entry.engine = entry.thread_engines[choice.setting]
+                    if len(entry.thread_engines) > 1:
+                        bar.update()
             if settings.warmup:
                 for entry in entries:
                     _time_calls(entry.engine, feeds, settings.warmup, None)
@@ -685,5 +767,6 @@ def _result(
         engine_seconds=float(call.sum()),
         io=entry.io,
         flops=entry.flops,
+        thread_choice=entry.choices.get(batch),
         samples=total,
     )

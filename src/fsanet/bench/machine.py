@@ -13,30 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from fsanet.errors import FsanetError
+from fsanet.machine import this_machine
 
-# ISA extensions that change which kernels ONNX Runtime, oneDNN and OpenBLAS use.
-ISA_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-    "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
-)  # fmt: skip
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 BLAS_ENV = ("OPENBLAS_CORETYPE", *THREAD_ENV)
 PEAK_SIZES = (256, 512, 1024, 1536)
-
-
-def _cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str]:
-    """The first processor's fields (Linux); empty elsewhere."""
-    fields: dict[str, str] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return fields
 
 
 def _version(package: str) -> str | None:
@@ -61,10 +42,8 @@ def _blas() -> dict[str, Any]:
 
 
 def machine_info(with_tensorflow: bool = False) -> dict[str, Any]:
-    """CPU model, cores, ISA flags that matter and library versions; never imports TensorFlow."""
-    cpu = _cpuinfo()
-    flags = set(cpu.get("flags", "").split())
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """The CPU as the runtimes see it (fsanet.machine: model, cores, ISA features and class),
+    the OS, library versions and numpy's BLAS; never imports TensorFlow."""
     libraries = {
         "python": platform.python_version(),
         "numpy": _version("numpy"),
@@ -74,10 +53,8 @@ def machine_info(with_tensorflow: bool = False) -> dict[str, Any]:
     if with_tensorflow:
         libraries["tensorflow"] = _version("tensorflow") or _version("tensorflow-cpu")
     return {
-        "cpu": cpu.get("model name") or platform.processor() or platform.machine(),
+        **this_machine().to_dict(),  # "cores": the CPUs this process may use
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable,
-        "isa": [f for f in ISA_FLAGS if f in flags],
         "os": f"{platform.system()} {platform.release()}",
         "libraries": libraries,
         "blas": _blas(),

@@ -94,7 +94,8 @@ def plot_report(report: BenchReport, path: str | Path) -> Path:
     right.legend(fontsize=8)
     s = report.settings
     fig.suptitle(
-        f"{report.machine['cpu']}, {s.threads} thread{'s' * (s.threads > 1)} per engine",
+        f"{report.machine['model']} ({report.machine['isa_class']}), {s.threads} "
+        f"thread{'s' * (s.threads > 1)} per engine",
         fontsize=10,
     )
     try:

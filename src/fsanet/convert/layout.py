@@ -9,8 +9,10 @@ OpenVINO (Intel AMX). Each one keeps the numbers (up to float rounding).
   on their channels side by side: a third as many ops, each three times as wide.
 
 Both add work in fp32 (the dense stem has 5.8x the FLOPs of the separable one; grouped
-convolutions are slower than dense ones in ONNX Runtime and in OpenVINO fp32), so they are
-used for OpenVINO bf16 only; docs/BENCHMARKS.md has the measurements.
+convolutions are slower than dense ones in ONNX Runtime and in OpenVINO fp32 on the machines
+measured), so they are not applied by default: `--layout stacked` asks for them, and
+`fsanet build --precision auto` tries them and keeps them where they measure faster;
+docs/BENCHMARKS.md has the measurements.
 """
 
 from __future__ import annotations
@@ -28,9 +30,13 @@ from fsanet.convert.passes import Pass, drop_dead_nodes, sort_topologically
 STEM_MAX_CHANNELS = 4
 
 
-def layout_passes(backend: str, precision: str, fused: bool) -> list[str]:
-    """The layout passes a build applies, after the generic ones and fusion."""
-    if (backend, precision) != ("openvino", "bf16"):
+LAYOUTS = ("plain", "stacked")
+
+
+def layout_passes(layout: str, fused: bool) -> list[str]:
+    """The layout passes a build applies, after the generic ones and fusion: none for the
+    "plain" layout; the dense stem and (for a fused graph) stacked variants for "stacked"."""
+    if layout == "plain":
         return []
     return ["fuse_input_separable", *(["stack_variants"] if fused else [])]
 

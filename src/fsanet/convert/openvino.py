@@ -47,6 +47,7 @@ def to_openvino(
     precision: str,
     calibration: np.ndarray | None = None,
     method: str = "minmax",
+    preset: str = "performance",
 ) -> None:
     """Write `model` as IR (`xml_path` and its .bin). fp32/fp16/bf16 are chosen at compile
     time, so the IR stays fp32; int8 is quantised here with NNCF."""
@@ -58,11 +59,11 @@ def to_openvino(
     if precision == "int8":
         if calibration is None or len(calibration) == 0:
             raise BuildError("int8 needs calibration images")
-        ov_model = _quantize(ov_model, calibration, method)
+        ov_model = _quantize(ov_model, calibration, method, preset)
     ov.save_model(ov_model, str(xml_path), compress_to_fp16=False)
 
 
-def _quantize(ov_model: object, calibration: np.ndarray, method: str) -> object:
+def _quantize(ov_model: object, calibration: np.ndarray, method: str, preset: str) -> object:
     try:
         import nncf
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
@@ -80,7 +81,7 @@ def _quantize(ov_model: object, calibration: np.ndarray, method: str) -> object:
         return nncf.quantize(
             ov_model,
             dataset,
-            preset=nncf.QuantizationPreset.PERFORMANCE,
+            preset=nncf.QuantizationPreset(preset),
             target_device=nncf.TargetDevice.CPU,
             subset_size=len(calibration),
             ignored_scope=nncf.IgnoredScope(types=_KEEP_FLOAT, validate=False),

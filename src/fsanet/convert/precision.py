@@ -12,6 +12,7 @@ regression heads stay fp32 (small, and sensitive to their ranges).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import tempfile
@@ -25,6 +26,7 @@ import onnxruntime as ort
 
 from fsanet.convert.passes import sort_topologically
 from fsanet.errors import FsanetError
+from fsanet.machine import Machine
 
 FP16_OPS = frozenset({"Conv", "MatMul", "Gemm"})
 FP16_SAFE_MAX = 4096.0  # well inside fp16's 65504, leaving room for the op's own arithmetic
@@ -36,8 +38,8 @@ class Precision:
     aliases: tuple[str, ...]
     backends: tuple[str, ...]
     needs_calibration: bool = False
-    # How far its fusion MAE may move from fp32's on AFLW2000 (degrees); None: no bound.
-    mae_bound: float | None = None
+    # How far its fusion MAE may move from TensorFlow's fp32 one on AFLW2000 (degrees).
+    mae_bound: float = 1e-3
 
 
 PRECISIONS: dict[str, Precision] = {
@@ -68,6 +70,74 @@ _HISTOGRAMS = {
     "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
     "percentile": {"num_bins": 2048, "percentile": 99.999},
 }
+
+
+def unsupported(precision: str, backend: str, machine: Machine) -> str | None:
+    """Why `backend` cannot run `precision` natively on this CPU (None: it can), asked of
+    the runtime itself: a label that would not execute is worse than no engine."""
+    if (precision, backend) == ("bf16", "openvino"):
+        from fsanet.convert.openvino import import_openvino
+
+        capabilities = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if "BF16" not in capabilities:
+            return (
+                f"this CPU ({machine.model}, {machine.isa_class}) has no bf16 arithmetic "
+                "(avx512_bf16 or amx_bf16), so OpenVINO would run the engine in fp32"
+            )
+    if (precision, backend) == ("fp16", "onnxruntime") and not _ort_runs_fp16_conv():
+        return (
+            f"ONNX Runtime's CPU kernels for this CPU ({machine.model}, {machine.isa_class}) "
+            "have no fp16 convolution, so it would cast every layer back to fp32"
+        )
+    return None
+
+
+def check_supported(precision: str, backend: str, machine: Machine) -> None:
+    """A one-line error naming what is missing and what runs here instead."""
+    reason = unsupported(precision, backend, machine)
+    if reason is None:
+        return
+    alternatives = [
+        f"{p.name} ({b})"
+        for p in PRECISIONS.values()
+        for b in p.backends
+        if p.name != precision and _safe_supported(p.name, b, machine)
+    ]
+    raise FsanetError(
+        f"{precision} is not available on {backend} here: {reason}; use "
+        f"{', '.join(alternatives)} or --precision auto (the fastest accurate engine here)"
+    )
+
+
+def _safe_supported(precision: str, backend: str, machine: Machine) -> bool:
+    try:
+        return unsupported(precision, backend, machine) is None
+    except FsanetError:  # the backend is not installed
+        return False
+
+
+@functools.cache
+def _ort_runs_fp16_conv() -> bool:
+    """Does ONNX Runtime's CPU provider run an fp16 Conv as fp16? Where it has no such
+    kernel it wraps the node in casts to fp32 (seen on x86-64)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float16), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4, 6, 6])],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    return not any(node.op_type == "Cast" for node in optimized.graph.node)
 
 
 def get_precision(name: str, backend: str | None = None) -> Precision:
@@ -168,8 +238,59 @@ def _drop_cast_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def quantize_int8(model: onnx.ModelProto, calibration: np.ndarray, method: str) -> onnx.ModelProto:
-    """Static int8 (QDQ): uint8 activations, per-channel int8 weights, calibrated ranges."""
+@dataclass(frozen=True)
+class Int8Scheme:
+    """How ONNX Runtime quantises: uint8 activations; int8 or uint8 per-channel weights,
+    optionally in 7 bits (`reduce_range`).
+
+    On x86-64 without VNNI, ONNX Runtime's u8 x s8 kernels multiply pairs with VPMADDUBSW,
+    whose 16-bit sums saturate; u8 x u8 weights or 7-bit weights avoid that (see the ONNX
+    Runtime quantization docs). Which one holds the accuracy bound is measured per build.
+    """
+
+    name: str
+    weight: str  # "int8" or "uint8"
+    reduce_range: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "weight": self.weight, "reduce_range": self.reduce_range}
+
+
+INT8_SCHEMES = {
+    s.name: s
+    for s in (
+        Int8Scheme("u8s8", "int8"),
+        Int8Scheme("u8u8", "uint8"),
+        Int8Scheme("u8s8-7bit", "int8", reduce_range=True),
+    )
+}
+# NNCF's presets for OpenVINO: symmetric activations first, then asymmetric ("mixed").
+OPENVINO_INT8_PRESETS = ("performance", "mixed")
+
+
+def int8_scheme_names(backend: str) -> tuple[str, ...]:
+    return OPENVINO_INT8_PRESETS if backend == "openvino" else tuple(INT8_SCHEMES)
+
+
+def int8_schemes(backend: str, machine: Machine) -> list[str]:
+    """The int8 settings a build tries on this CPU, best first; the first whose accuracy
+    holds the bound is kept. Measured on AFLW2000 (docs/BENCHMARKS.md): ONNX Runtime's
+    u8s8 moves the fusion MAE by +0.04° with VNNI but +0.13° on an AVX2-only CPU, where
+    u8u8 moves it by 0.00° and 7-bit weights by +0.02°."""
+    if backend == "openvino":
+        return list(OPENVINO_INT8_PRESETS)
+    if machine.int8_dot:
+        return ["u8s8", "u8u8"]
+    return ["u8u8", "u8s8-7bit"]
+
+
+def quantize_int8(
+    model: onnx.ModelProto,
+    calibration: np.ndarray,
+    method: str,
+    scheme: Int8Scheme = INT8_SCHEMES["u8s8"],
+) -> onnx.ModelProto:
+    """Static int8 (QDQ): uint8 activations, per-channel weights, calibrated ranges."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -224,7 +345,8 @@ def quantize_int8(model: onnx.ModelProto, calibration: np.ndarray, method: str) 
             op_types_to_quantize=QUANTIZED_OPS,
             per_channel=True,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8 if scheme.weight == "int8" else QuantType.QUInt8,
+            reduce_range=scheme.reduce_range,
             calibrate_method=methods[method],
             calibration_cache_path=ranges,
         )

@@ -1,0 +1,44 @@
+"""Run under `qemu-x86_64 -cpu Haswell` by tests/test_isa.py: what an AVX2-only CPU sees.
+
+argv[1] is a JSON object: {"engines": {name: artifact dir}, "crops": npy path}. Prints one
+JSON object: the machine, the CLI's answer to a bf16 build, the note printed when an engine
+built elsewhere is loaded, and each engine's fused angles on the crops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+
+import numpy as np
+
+from fsanet.artifact import Artifact
+from fsanet.cli import main
+from fsanet.engine import PoseEngine
+from fsanet.machine import this_machine
+
+
+def run() -> dict:
+    task = json.loads(sys.argv[1])
+    out: dict = {"machine": this_machine().to_dict()}
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["build", "--backend", "openvino", "--precision", "bf16", "-q"])
+    out["bf16_build"] = {"code": code, "stderr": err.getvalue()}
+    crops = np.load(task["crops"])
+    out["angles"] = {}
+    out["notes"] = {}
+    for name, path in task["engines"].items():
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            engine = PoseEngine.from_artifact(Artifact.load(path), threads=1)
+        with engine:
+            out["angles"][name] = engine(crops).tolist()
+        out["notes"][name] = err.getvalue()
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run()))
