@@ -89,6 +89,7 @@ def test_precision_spellings(name):
         ({"precision": "fp8"}, "unknown precision 'fp8'"),
         ({"precision": "bf16"}, "precision bf16 is not available on onnxruntime: use openvino"),
         ({"layout": "wide"}, "unknown layout 'wide': choose plain, stacked"),
+        ({"int8_scheme": "u4"}, "unknown int8 scheme 'u4' for onnxruntime: choose cpu, u8s8"),
         ({"cores": "many"}, "unknown cores 'many': choose split, shared"),
         ({"shapes": "odd"}, "unknown shapes 'odd': choose fixed, dynamic"),
         ({"precision": "auto", "tune_batches": [0]}, "tuning batch sizes must be at least 1"),

@@ -522,6 +522,11 @@ def check_execution(engine: PoseEngine, options: BuildOptions) -> dict[str, Any]
     precision it is labelled with is not written."""
     executed = engine.execution()
     ran = executed["precision"]
+    if ran == "unknown":  # e.g. TensorRT runs the whole graph as one kernel of its own
+        executed["status"] = (
+            f"not applicable: {executed['device']} shows no per-layer precision to check"
+        )
+        return executed
     hint = executed.get("inference_precision")
     expected_hint = {"bf16": "bf16"}.get(options.precision, "fp32")
     if ran != options.precision or (hint is not None and hint != expected_hint):
