@@ -40,11 +40,6 @@ class Build:
     options: BuildOptions
     skipped: str | None = None  # the reason, where this CPU cannot run it as labelled
 
-    @property
-    def label(self) -> str:
-        o = self.options
-        return f"{o.backend}/{o.precision}/{o.layout}"
-
 
 def builds(base: BuildOptions, machine: Machine) -> list[Build]:
     """Every build to try, from the user's `auto` options (variants, batch mode,
