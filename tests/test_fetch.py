@@ -1,6 +1,10 @@
 import functools
 import hashlib
 import http.server
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +123,52 @@ def test_cli_fetch_missing_file_is_one_line_exit_1(tmp_path, home, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("fsanet: error: unknown model 'nothing-by-this-name'")
     assert err.count("\n") == 1
+
+
+# `fsanet fetch capsule` whose copy from the mirror stalls halfway, as a slow disk or network
+# would: the test stops the real command there with a signal.
+_STALLED_FETCH = """
+import shutil, sys, time
+from fsanet.cli import main
+
+def stalled_copy(source, target):
+    with open(target, "wb") as out:
+        out.write(b"half")
+    print("COPYING", flush=True)
+    time.sleep(60)
+
+shutil.copyfile = stalled_copy
+sys.exit(main(["fetch", "capsule", "-q", "--mirror", sys.argv[1]]))
+"""
+
+
+def _stall_fetch(shared: Path, home: Path) -> subprocess.Popen:
+    env = {**os.environ, "FSANET_HOME": str(home)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_FETCH, str(shared)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout.readline() == "COPYING\n"
+    assert [p for p in (home / "files").iterdir() if p.name.endswith(".tmp")]  # mid-write
+    return child
+
+
+def test_sigterm_cleans_up_like_ctrl_c(shared, home):
+    child = _stall_fetch(shared, home)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 143
+    assert err.strip().splitlines() == ["fsanet: interrupted"]
+    assert _no_leftovers(home / "files") == []
+
+
+def test_a_killed_fetch_leaves_debris_the_next_one_removes(shared, home):
+    child = _stall_fetch(shared, home)
+    child.kill()  # SIGKILL: no cleanup can run
+    child.communicate(timeout=30)
+    assert len(_no_leftovers(home / "files")) == 1
+    path = fetch(VARIANTS["capsule"].file, shared)
+    assert _no_leftovers(home / "files") == [path]

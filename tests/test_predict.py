@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import zipfile
@@ -21,7 +22,8 @@ from fsanet.cli import main
 from fsanet.datasets.aflw2000 import pose_from_mat
 from fsanet.engine import PoseEngine
 from fsanet.errors import FsanetError
-from fsanet.predict import Face, HeadPoseEstimator, annotate, predict
+from fsanet.predict import Face, Faces, HeadPoseEstimator, annotate, predict
+from fsanet.vision.detect import Detection
 
 pytestmark = pytest.mark.real
 
@@ -187,3 +189,125 @@ def test_cli_predict_does_not_import_tensorflow(
     assert done.returncode == 0, done.stderr
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 3
     assert "broken.jpg" in done.stderr
+
+
+class _Many:
+    """A detector that finds `n` faces (best score first) on any image."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        return [Detection((10.0 + 3 * i, 10.0, 40.0, 40.0), 0.99 - i / 1000) for i in range(self.n)]
+
+
+def test_faces_over_max_faces_are_cut_and_say_so(
+    estimator: HeadPoseEstimator, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    many = HeadPoseEstimator(estimator.engine, _Many(5), max_faces=2)  # type: ignore[arg-type]
+    image = np.full((120, 160, 3), 90, np.uint8)
+    faces = many(image)
+    assert isinstance(faces, Faces) and len(faces) == 2
+    assert faces.total == 5 and faces.truncated and [f.score for f in faces] == [0.99, 0.989]
+    cv2.imwrite(str(tmp_path / "crowd.png"), image)
+    summary = predict([str(tmp_path / "crowd.png")], many)
+    assert summary.faces == 2 and summary.truncated == [f"{tmp_path}/crowd.png: kept 2 of 5 faces"]
+    assert summary.to_dict()["truncated"] == summary.truncated
+    assert "crowd.png has 5 faces: kept the 2 best (--max-faces)" in capsys.readouterr().err
+    assert not HeadPoseEstimator(estimator.engine, _Many(2))(image).truncated  # type: ignore[arg-type]
+
+
+def test_a_folder_without_images_is_an_error(estimator: HeadPoseEstimator, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(FsanetError, match=f"no images or videos in {tmp_path}"):
+        predict([str(tmp_path)], estimator)
+
+
+def test_an_image_over_max_pixels_is_refused_from_its_header(
+    estimator: HeadPoseEstimator,
+    shared: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    # A PNG header that declares 20000 x 20000 pixels: refused without decoding it.
+    bomb = tmp_path / "bomb.png"
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + b"\0" * 64)
+    cv2.imwrite(str(tmp_path / "photo.jpg"), photo(shared, CLEAR[0])[0])
+    decoded: list[int] = []
+    real_decode = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: decoded.append(1) or real_decode(*a))
+    summary = predict([str(bomb), str(tmp_path / "photo.jpg")], estimator)
+    assert summary.images == 1 and len(decoded) == 1  # only the photo was decoded
+    assert "bomb.png: 20000x20000 = 400000000 pixels is over the limit of 40000000" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(FsanetError, match="no input could be read"):
+        predict([str(tmp_path / "photo.jpg")], estimator, max_pixels=450 * 450 - 1)
+
+
+def test_cli_predict_max_pixels_and_no_images_are_one_line(
+    fusion_artifact: Artifact, shared: Path, tmp_path: Path, run_cli
+) -> None:
+    cv2.imwrite(str(tmp_path / "photo.jpg"), photo(shared, CLEAR[0])[0])
+    result = run_cli("predict", str(tmp_path / "photo.jpg"), "-q", "--max-pixels", "1000")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("fsanet:")]
+    assert lines == [
+        f"fsanet: warning: skipping {tmp_path}/photo.jpg: 450x450 = 202500 pixels is over the "
+        "limit of 1000 (--max-pixels)",
+        "fsanet: error: no input could be read (1 tried)",
+    ]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("predict", str(empty), "-q")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-2] == f"fsanet: error: no images or videos in {empty}"
+
+
+def _clip(shared: Path, path: Path, frames: int) -> Path:
+    still = photo(shared, CLEAR[0])[0]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (450, 450))
+    for _ in range(frames):
+        writer.write(still)
+    writer.release()
+    return path
+
+
+def test_a_video_that_ends_early_is_reported(
+    estimator: HeadPoseEstimator, shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    video = _clip(shared, tmp_path / "cut.avi", 8)
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])  # the header still declares 8 frames
+    summary = predict([str(video)], estimator)
+    assert 0 < summary.frames < 8
+    assert summary.incomplete == [f"{video}: ended at frame {summary.frames} of 8"]
+    assert f"ended after {summary.frames} of its 8 frames" in capsys.readouterr().err
+    whole = predict([str(_clip(shared, tmp_path / "whole.avi", 3))], estimator, max_frames=2)
+    assert whole.frames == 2 and whole.incomplete == []  # --frames is no early end
+
+
+def test_same_names_in_two_folders_get_two_outputs(
+    estimator: HeadPoseEstimator, shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "face.jpg"), photo(shared, CLEAR[0])[0])
+    video = _clip(shared, tmp_path / "a" / "face.avi", 2)
+    paths = [str(tmp_path / "a" / "face.jpg"), str(tmp_path / "b"), str(video)]
+    summary = predict(paths, estimator, output_dir=tmp_path / "out")
+    assert sorted(Path(p).name for p in summary.outputs) == ["face-2.jpg", "face.jpg", "face.mp4"]
+    assert f"{video} is written as {tmp_path / 'out' / 'face.mp4'}" in capsys.readouterr().err
+
+
+def test_a_video_output_that_cannot_be_written_names_the_path(
+    estimator: HeadPoseEstimator, shared: Path, tmp_path: Path
+) -> None:
+    video = _clip(shared, tmp_path / "clip.avi", 2)
+    blocker = tmp_path / "out"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(FsanetError, match=f"cannot write {blocker}/clip.mp4: ") as e:
+        predict([str(video)], estimator, output_dir=blocker)
+    assert "mp4v" not in str(e.value)

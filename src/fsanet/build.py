@@ -24,7 +24,7 @@ from fsanet.backends import ENGINE_BACKENDS
 from fsanet.engine import PoseEngine
 from fsanet.errors import ArtifactError, BuildError, FsanetError
 from fsanet.fetch import fetch
-from fsanet.files import atomic_path, home_dir, sha256_file
+from fsanet.files import atomic_path, ensure_dir, home_dir, remove_stale_temps, sha256_file
 from fsanet.machine import this_machine
 from fsanet.zoo import FUSION, VARIANTS, Variant, resolve_variants
 
@@ -257,12 +257,14 @@ def build(options: BuildOptions, mirror: str | None = None, force: bool = False)
     executes the precision it is labelled with, an fp32 engine matches TensorFlow, and its
     AFLW2000 accuracy is within its precision's bound. int8 tries this CPU's settings in
     order (`int8_schemes`) and keeps the first within the bound."""
+    if not force and (cached := find_artifact(options)) is not None:
+        return cached
+    # Fail now if nothing could be saved, and clear what killed builds left behind.
+    remove_stale_temps(ensure_dir(options.artifact_dir().parent))
     if options.precision == AUTO:
         from fsanet.tune import tune
 
         return tune(options, mirror, force)
-    if not force and (cached := find_artifact(options)) is not None:
-        return cached
     from fsanet.convert.precision import check_supported, int8_schemes
 
     machine = this_machine()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,14 +28,42 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _number(
+    kind: type[int] | type[float] = float,
+    least: float = 0.0,
+    most: float = math.inf,
+    *,
+    above: bool = False,
+) -> Callable[[str], Any]:
+    """The argparse type of every numeric option: a finite `kind` in [least, most], or in
+    (least, most] with `above`; nan, inf and out-of-range values are refused as usage errors."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "whole number" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"expected a {noun}, got '{text}'") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+        if above and value <= least:
+            raise argparse.ArgumentTypeError(f"must be more than {least:g}, got {value:g}")
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least:g}, got {value:g}")
+        if value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most:g}, got {value:g}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+_positive = _number(int, 1)  # counts and sizes
+_count = _number(int, 0)  # counts that may be zero
+_positive_float = _number(float, 0.0, above=True)  # durations, timeouts, sizes in MB
+_non_negative_float = _number(float, 0.0)  # waits that may be zero
+_fraction = _number(float, 0.0, 1.0)  # detector score thresholds
+_port = _number(int, 0, 65535)
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
@@ -171,12 +202,30 @@ def _eval_end_to_end(args: argparse.Namespace) -> None:
     _emit(args, report.to_dict(), str(report))
 
 
+def _check_outputs(output: str | None, jsonl: str | None) -> None:
+    """Fail on an output path that cannot be written now, before loading (or building) the
+    engine and reading the inputs."""
+    from pathlib import Path
+
+    from fsanet.files import ensure_dir
+
+    if output is not None:
+        ensure_dir(Path(output))
+    if jsonl not in (None, "-"):
+        path = Path(jsonl)  # type: ignore[arg-type]
+        if path.is_dir():
+            raise FsanetError(f"cannot write {path}: it is a folder; give a file name")
+        if not path.exists():
+            ensure_dir(path.parent, path)
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from fsanet.api import load
     from fsanet.predict import HeadPoseEstimator, jsonl_writer, predict
 
     # JSON Lines go to stdout unless written elsewhere; the summary then goes to stderr.
     jsonl = args.jsonl or (None if args.output else "-")
+    _check_outputs(args.output, jsonl)
     engine = load(
         args.engine or args.model,
         threads=args.threads,
@@ -189,12 +238,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
             crop=args.crop,
             normalize=args.normalize,
             score_threshold=0.5 if args.score_threshold is None else args.score_threshold,
+            max_faces=args.max_faces,
             mirror=args.mirror,
         ) as estimator,
         jsonl_writer(jsonl) as records,
     ):
         summary = predict(
-            args.paths, estimator, output_dir=args.output, jsonl=records, max_frames=args.frames
+            args.paths,
+            estimator,
+            output_dir=args.output,
+            jsonl=records,
+            max_frames=args.frames,
+            max_pixels=args.max_pixels,
         )
     text = json.dumps(summary.to_dict(), indent=2) if args.json else str(summary)
     print(text, file=sys.stderr if jsonl == "-" else sys.stdout)
@@ -351,7 +406,7 @@ def _add_engine_options(p: argparse.ArgumentParser, models_help: str) -> None:
     )
     p.add_argument(
         "--calibration-size",
-        type=int,
+        type=_count,
         default=200,
         help="calibration images, a fixed subset of AFLW2000 (default 200; fp16 and int8)",
     )
@@ -473,7 +528,7 @@ def _add_face_options(p: argparse.ArgumentParser, threshold_default: str) -> Non
         "--normalize", action="store_true", help="min-max stretch each crop (FSA-Net's demo)"
     )
     p.add_argument(
-        "--score-threshold", type=float, help=f"face detector threshold ({threshold_default})"
+        "--score-threshold", type=_fraction, help=f"face detector threshold ({threshold_default})"
     )
 
 
@@ -492,6 +547,18 @@ def _args_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", metavar="DIR", help="an engine artifact directory")
     p.add_argument("--threads", type=_positive, help="cores to use (default: all available)")
     p.add_argument("--frames", type=_positive, help="at most N frames per video or camera")
+    p.add_argument(
+        "--max-pixels",
+        type=_positive,
+        default=40_000_000,
+        help="skip larger images, before decoding PNG and JPEG (40000000, as `serve`)",
+    )
+    p.add_argument(
+        "--max-faces",
+        type=_positive,
+        default=256,
+        help="faces per image, the best scores; more are reported as truncated (256)",
+    )
     _add_face_options(p, "0.5")
 
 
@@ -503,14 +570,21 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch", default="1,16,32", help="batch sizes, comma-separated (1,16,32)")
     work = p.add_mutually_exclusive_group()
-    work.add_argument("--iterations", type=int, help="timed calls per engine and batch (1000)")
     work.add_argument(
-        "--duration", type=float, metavar="SECONDS", help="or seconds per engine and batch"
+        "--iterations", type=_positive, help="timed calls per engine and batch (1000)"
     )
-    p.add_argument("--warmup", type=int, default=20, help="untimed calls first (20)")
-    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (10)")
+    work.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="or seconds per engine and batch",
+    )
+    p.add_argument("--warmup", type=_count, default=20, help="untimed calls first (20)")
+    p.add_argument("--rounds", type=_positive, default=10, help="interleaved rounds (10)")
     p.add_argument(
-        "--threads", type=int, help="cores per engine, baseline included (default: all available)"
+        "--threads",
+        type=_positive,
+        help="cores per engine, baseline included (default: all available)",
     )
     p.add_argument("--baseline", metavar="NAME", help="tensorflow: FSA-Net's own graphs, compared")
     p.add_argument("--plot", metavar="FILE.png", help="throughput and latency plot")
@@ -528,15 +602,17 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", metavar="DIR", help="an engine artifact directory to serve")
     p.add_argument("--threads", type=_positive, help="cores to use (default: all available)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (8000; 0: any free port)")
+    p.add_argument("--port", type=_port, default=8000, help="port (8000; 0: any free port)")
     p.add_argument("--max-batch", type=_positive, default=32, help="crops per engine call (32)")
     p.add_argument(
         "--max-wait-ms",
-        type=float,
+        type=_non_negative_float,
         default=5.0,
         help="how long the first request of a batch waits for others (5)",
     )
-    p.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit (16)")
+    p.add_argument(
+        "--max-body-mb", type=_positive_float, default=16.0, help="request body limit (16)"
+    )
     p.add_argument(
         "--max-pixels", type=_positive, default=40_000_000, help="image size limit (40000000)"
     )
@@ -544,10 +620,12 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-queue", type=_positive, default=4096, help="crops waiting before 503 (4096)"
     )
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
-    p.add_argument("--body-timeout", type=float, default=10.0, help="seconds to send a body (10)")
+    p.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per request (30)")
     p.add_argument(
-        "--score-threshold", type=float, default=0.5, help="face detector threshold (0.5)"
+        "--body-timeout", type=_positive_float, default=10.0, help="seconds to send a body (10)"
+    )
+    p.add_argument(
+        "--score-threshold", type=_fraction, default=0.5, help="face detector threshold (0.5)"
     )
     p.add_argument("--no-faces", action="store_true", help="no face detector: crops only")
     p.add_argument("--access-log", action="store_true", help="log every request")
@@ -556,12 +634,14 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
 def _args_loadtest(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", nargs="?", default="http://127.0.0.1:8000", help="a loopback server")
     p.add_argument("--concurrency", type=_positive, default=32, help="concurrent clients (32)")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds measured (30)")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring (2)")
+    p.add_argument("--duration", type=_positive_float, default=30.0, help="seconds measured (30)")
+    p.add_argument(
+        "--warmup", type=_non_negative_float, default=2.0, help="seconds before measuring (2)"
+    )
     p.add_argument("--requests", type=_positive, default=1_000_000, help="at most N requests")
     p.add_argument("--crops", type=_positive, default=1, help="crops per request (1)")
     p.add_argument("--image", metavar="FILE", help="POST this JPEG/PNG to /v1/pose instead")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
+    p.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per request (30)")
     p.add_argument("--dataset", metavar="PATH", help="AFLW2000 npz for the crops (cached)")
 
 
@@ -617,18 +697,37 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds as for Ctrl-C: temporary
+    files are removed by the `finally` blocks that made them."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+# `serve` stops on SIGTERM itself (uvicorn drains the requests in flight, then exits 0).
+_OWN_SIGTERM = frozenset({"serve"})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.quiet:
         progress.set_enabled(False)
+    previous = None
+    if args.command not in _OWN_SIGTERM and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args.func(args)
     except FsanetError as e:
         print(f"fsanet: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("fsanet: interrupted", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

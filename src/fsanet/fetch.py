@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fsanet import progress
 from fsanet.errors import ChecksumError, FetchError
-from fsanet.files import atomic_path, home_dir, sha256_file
+from fsanet.files import atomic_path, ensure_dir, home_dir, remove_stale_temps, sha256_file
 from fsanet.zoo import RemoteFile
 
 MIRROR_ENV = "FSANET_MIRROR"
@@ -39,6 +39,7 @@ def fetch(remote: RemoteFile, mirror: str | Path | None = None) -> Path:
         print(f"fsanet: cached {target} is damaged; getting it again", file=sys.stderr)
         target.unlink()
 
+    remove_stale_temps(ensure_dir(target.parent))  # what killed downloads left behind
     mirrors = mirror_dirs(mirror)
     for directory in mirrors:
         for candidate in (directory / remote.mirror_path, directory / remote.filename):

@@ -22,10 +22,11 @@ import numpy as np
 
 from fsanet import progress
 from fsanet.errors import FsanetError
-from fsanet.files import atomic_path
+from fsanet.files import atomic_path, writing
 from fsanet.vision.crop import CROP_RULES, DEFAULT_RULE, MARGIN, crop_faces
 from fsanet.vision.detect import Detection, Detector, YuNet, check_image
 from fsanet.vision.draw import draw_face
+from fsanet.vision.imageio import image_size
 
 if TYPE_CHECKING:
     from fsanet.engine import PoseEngine
@@ -34,6 +35,8 @@ IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2"}
 )
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+MAX_FACES = 256  # faces per image sent to the engine, best score first (the server's too)
+MAX_PIXELS = 40_000_000  # larger images are refused, before decoding where the header says
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,28 @@ def faces_from(detections: list[Detection], angles: np.ndarray) -> list[Face]:
     ]
 
 
+class Faces(list[Face]):
+    """The faces of one image, best score first: a list, plus how many were detected.
+
+    `truncated` is true when the detector found more than the estimator's `max_faces`
+    (`total` of them) and only the best were kept."""
+
+    def __init__(self, faces: list[Face] | tuple[Face, ...] = (), total: int | None = None):
+        super().__init__(faces)
+        self.total = len(self) if total is None else total
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self)
+
+
 class HeadPoseEstimator:
     """Faces and their head pose in a BGR image: `estimator(image) -> list[Face]`.
 
     By default: YuNet (score threshold 0.5) finds the faces, each is cropped with the
     `thirds` rule (see `fsanet.vision.crop`) and all faces of an image go through the
     fusion engine in one batch. Pass your own `engine` or `detector` to change either.
+    At most `max_faces` faces of an image are kept, the best scores (see `Faces.truncated`).
     """
 
     def __init__(
@@ -100,8 +119,11 @@ class HeadPoseEstimator:
         margin: float = MARGIN,
         normalize: bool = False,
         score_threshold: float = 0.5,
+        max_faces: int = MAX_FACES,
         mirror: str | None = None,
     ) -> None:
+        if max_faces < 1:
+            raise FsanetError(f"max_faces must be at least 1, got {max_faces}")
         if engine is None:
             from fsanet.api import load
 
@@ -111,10 +133,13 @@ class HeadPoseEstimator:
         if crop not in CROP_RULES:  # fail now, not at the first face
             raise FsanetError(f"unknown crop rule '{crop}': choose one of {', '.join(CROP_RULES)}")
         self.crop, self.margin, self.normalize = crop, margin, normalize
+        self.max_faces = max_faces
 
-    def __call__(self, image: np.ndarray) -> list[Face]:
+    def __call__(self, image: np.ndarray) -> Faces:
         image = check_image(image)
-        return self.estimate(image, self.detector.detect(image))
+        detections = self.detector.detect(image)  # best score first
+        kept = self.estimate(image, detections[: self.max_faces])
+        return Faces(kept, total=len(detections))
 
     def estimate(self, image: np.ndarray, detections: list[Detection]) -> list[Face]:
         """Angles for faces already detected in `image` (one engine call for all of them)."""
@@ -179,7 +204,30 @@ def collect_sources(paths: list[str]) -> list[Source]:
             raise FsanetError(
                 f"{text} does not exist: give image or video files, folders, or a camera index"
             )
-    return sources
+    return _unique_names(sources)
+
+
+def _unique_names(sources: list[Source]) -> list[Source]:
+    """Two inputs with one name (a/face.jpg, b/face.jpg) get two outputs: face.jpg, face-2.jpg.
+    Names are compared as their outputs are written: a video's as .mp4, case-folded."""
+    taken: set[str] = set()
+    out = []
+    for source in sources:
+        name, n = source.name, 1
+        while _output_key(source.kind, name) in taken:
+            n += 1
+            path = Path(source.name)
+            name = path.with_name(f"{path.stem}-{n}{path.suffix}").as_posix()
+        taken.add(_output_key(source.kind, name))
+        out.append(Source(source.kind, source.location, name))
+    return out
+
+
+def _output_key(kind: str, name: str) -> str:
+    path = Path(name.lower())
+    if kind != "image" or path.suffix not in IMAGE_SUFFIXES:
+        path = path.with_suffix(".mp4" if kind != "image" else ".png")
+    return path.as_posix()
 
 
 def _file_source(path: Path, name: str) -> Source:
@@ -201,6 +249,8 @@ class PredictSummary:
     faces: int = 0
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)  # "source: kept N of M faces"
+    incomplete: list[str] = field(default_factory=list)  # "video: ended at frame N of M"
 
     def outputs_paths(self) -> list[Path]:
         return [Path(p) for p in self.outputs]
@@ -219,6 +269,8 @@ class PredictSummary:
             "seconds": round(self.seconds, 3),
             "fps": round(self.fps, 2),
             "outputs": self.outputs,
+            "truncated": self.truncated,
+            "incomplete": self.incomplete,
         }
 
     def __str__(self) -> str:
@@ -229,6 +281,10 @@ class PredictSummary:
         )
         if self.failed:
             text += f"; {len(self.failed)} could not be read"
+        if self.truncated:
+            text += f"; {len(self.truncated)} with more faces than --max-faces (best kept)"
+        if self.incomplete:
+            text += f"; {len(self.incomplete)} videos ended early"
         return text
 
 
@@ -251,22 +307,50 @@ def jsonl_writer(path: str | Path | None) -> Iterator[IO[str] | None]:
         yield None
     elif str(path) == "-":
         yield sys.stdout
+    elif Path(path).is_dir():
+        raise FsanetError(f"cannot write {path}: it is a folder; give a file name")
     elif Path(path).exists() and not Path(path).is_file():
         # A device or pipe (/dev/null, a FIFO): write to it, never rename over it.
-        with open(path, "w", encoding="utf-8") as out:
+        with writing(path):
+            out = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed just below)
+        with out:
             yield out
     else:
-        with atomic_path(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as out:
-            yield out
+        with atomic_path(Path(path)) as tmp:
+            with writing(path):
+                out = open(tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed just below)
+            with out:
+                yield out
 
 
-def _read_image(path: str) -> np.ndarray | None:
+class _Refused(Exception):
+    """An input skipped with a reason."""
+
+
+def _read_image(path: str, max_pixels: int) -> np.ndarray:
     # imdecode on the bytes: imread cannot open non-ASCII paths on every platform.
     try:
         data = np.fromfile(path, np.uint8)
-    except OSError:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except OSError as e:
+        raise _Refused(f"cannot be read ({e.strerror or e})") from e
+    # PNG and JPEG say their size in the header: a bomb is refused before it is decoded;
+    # other formats are checked once decoded (OpenCV itself refuses over 2^30 pixels).
+    size = image_size(data[:65536].tobytes())
+    if size is not None:
+        _check_pixels(*size, max_pixels)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise _Refused("not an image OpenCV can decode")
+    _check_pixels(image.shape[1], image.shape[0], max_pixels)
+    return image
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise _Refused(
+            f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels} "
+            "(--max-pixels)"
+        )
 
 
 def predict(
@@ -276,26 +360,34 @@ def predict(
     output_dir: str | Path | None = None,
     jsonl: IO[str] | None = None,
     max_frames: int | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> PredictSummary:
-    """Run `estimator` over every source; files that cannot be read are reported and skipped.
+    """Run `estimator` over every source; files that cannot be read, or images of more than
+    `max_pixels`, are reported and skipped.
 
-    Raises FsanetError if a path does not exist, or if no source at all could be read.
+    Raises FsanetError if a path does not exist, if the paths hold no image or video, or if
+    no source at all could be read.
     """
     sources = collect_sources(paths)
+    if not sources:
+        raise FsanetError(f"no images or videos in {', '.join(paths)}")
     summary = PredictSummary(sources=len(sources))
     out_dir = Path(output_dir) if output_dir is not None else None
     start = time.perf_counter()
     images = [s for s in sources if s.kind == "image"]
     with progress.bar(total=len(images), desc="images", unit="img") as bar:
         for source in images:
-            image = _read_image(source.location)
-            bar.update()
-            if image is None:
-                _fail(summary, source, "not an image OpenCV can decode")
+            try:
+                image = _read_image(source.location, max_pixels)
+            except _Refused as e:
+                _fail(summary, source, str(e))
                 continue
+            finally:
+                bar.update()
             faces = estimator(image)
             summary.images += 1
             summary.faces += len(faces)
+            _note_truncated(summary, source, faces)
             _emit(jsonl, [_record(source, None, i, f) for i, f in enumerate(faces)])
             if out_dir is not None:
                 target = out_dir / source.name
@@ -307,9 +399,26 @@ def predict(
     for source in (s for s in sources if s.kind != "image"):
         _run_video(source, estimator, summary, out_dir, jsonl, max_frames)
     summary.seconds = time.perf_counter() - start
-    if sources and len(summary.failed) == len(sources):
+    if len(summary.failed) == len(sources):
         raise FsanetError(f"no input could be read ({len(sources)} tried)")
     return summary
+
+
+def _note_truncated(
+    summary: PredictSummary, source: Source, faces: list[Face], frame: int | None = None
+) -> None:
+    """Record and say (once per source) that an image had more faces than were kept."""
+    if not isinstance(faces, Faces) or not faces.truncated:
+        return
+    where = source.location if frame is None else f"{source.location} frame {frame}"
+    first = not any(t.startswith(f"{source.location}") for t in summary.truncated)
+    summary.truncated.append(f"{where}: kept {len(faces)} of {faces.total} faces")
+    if first:
+        print(
+            f"fsanet: warning: {where} has {faces.total} faces: kept the {len(faces)} best "
+            "(--max-faces)",
+            file=sys.stderr,
+        )
 
 
 def _fail(summary: PredictSummary, source: Source, reason: str) -> None:
@@ -353,6 +462,8 @@ def _run_video(
     target = None
     if out_dir is not None:
         target = (out_dir / source.name).with_suffix(".mp4")
+        if not camera and Path(source.name).suffix.lower() != ".mp4":
+            print(f"fsanet: note: {source.location} is written as {target} (mp4v)", file=sys.stderr)
     frames_before = summary.frames
     try:
         with (
@@ -364,6 +475,7 @@ def _run_video(
                 faces = estimator(frame)
                 summary.frames += 1
                 summary.faces += len(faces)
+                _note_truncated(summary, source, faces, index)
                 _emit(jsonl, [_record(source, index, i, f) for i, f in enumerate(faces)])
                 writer.write(annotate(frame, faces))
                 bar.update()
@@ -373,10 +485,19 @@ def _run_video(
             raise  # a camera runs until stopped; a file stopped early is an interruption
     finally:
         capture.release()
-    if summary.frames == frames_before:
+    read = summary.frames - frames_before
+    if read == 0:
         _fail(summary, source, "no frame could be decoded")
-    elif target is not None:
+        return
+    if target is not None:
         summary.outputs.append(str(target))
+    if not camera and read < total and (max_frames is None or read < max_frames):
+        summary.incomplete.append(f"{source.location}: ended at frame {read} of {total}")
+        print(
+            f"fsanet: warning: {source.location} ended after {read} of its {total} frames "
+            "(truncated or damaged)",
+            file=sys.stderr,
+        )
 
 
 class _VideoOut:
@@ -389,8 +510,10 @@ class _VideoOut:
 
     def __enter__(self) -> _VideoOut:
         if self.target is not None:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
             self._tmp = self.target.with_name(f".{self.target.name}.{os.getpid()}.tmp.mp4")
+            with writing(self.target):  # OpenCV's writer would only say it did not open
+                self.target.parent.mkdir(parents=True, exist_ok=True)
+                self._tmp.touch()
         return self
 
     def write(self, frame: np.ndarray) -> None:
@@ -409,7 +532,13 @@ class _VideoOut:
             self._writer.release()
         if self._tmp is None or not self._tmp.exists():
             return
-        if exc_type is None or (exc_type is KeyboardInterrupt and self.keep_on_interrupt):
-            os.replace(self._tmp, self.target)  # type: ignore[arg-type]
+        keep = exc_type is None or (
+            isinstance(exc_type, type)
+            and issubclass(exc_type, KeyboardInterrupt)
+            and self.keep_on_interrupt
+        )
+        if keep and self._writer is not None:
+            with writing(self.target):  # type: ignore[arg-type]
+                os.replace(self._tmp, self.target)  # type: ignore[arg-type]
         else:
             self._tmp.unlink()

@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 
@@ -36,6 +38,32 @@ def test_nan_is_rejected():
     images[0, 1, 2, 0] = np.nan
     with pytest.raises(InputError, match="NaN or infinite"):
         check_images(images)
+
+
+@pytest.mark.parametrize("value", [-1e6, 3e38, -0.5, 255.5, np.inf, -np.inf])
+def test_pixels_outside_0_255_are_rejected(value):
+    # Such crops make the model return NaN: the API must refuse them, not answer NaN.
+    images = np.full((4, 64, 64, 3), 100, np.float32)
+    images[2, 5, 6, 1] = value
+    with pytest.raises(InputError, match="expected BGR pixel values 0-255"):
+        check_images(images)
+
+
+def test_pixel_range_edges_and_empty_batches_pass():
+    images = np.zeros((2, 64, 64, 3), np.float32)
+    images[1] = 255.0
+    assert check_images(images).max() == 255.0
+    assert check_images(np.zeros((0, 64, 64, 3), np.float32)).shape == (0, 64, 64, 3)
+
+
+def test_the_range_check_is_cheap():
+    # It runs on every call: on a 32-crop batch it must stay far below one inference (~ms).
+    images = np.random.default_rng(0).uniform(0, 255, (32, 64, 64, 3)).astype(np.float32)
+    check_images(images)
+    start = time.perf_counter()
+    for _ in range(200):
+        check_images(images)
+    assert (time.perf_counter() - start) / 200 < 1e-3
 
 
 def test_unknown_backend():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fsanet.vision.draw import draw_axis, draw_face
 
@@ -36,3 +37,12 @@ def test_draw_face_marks_the_box_and_the_label() -> None:
     draw_face(image, (50, 60, 80, 100), 10.0, -5.0, 3.0, 0.93)
     assert (image[160, 52:80] == 255).all()  # the box's bottom edge, left of the y axis
     assert image[:60].any()  # the label above it
+
+
+@pytest.mark.parametrize(
+    ("angle", "label"), [(-0.15, "+0"), (-0.5, "+0"), (-0.6, "-1"), (12.4, "+12"), (-0.0, "+0")]
+)
+def test_labels_never_show_minus_zero(angle, label):
+    from fsanet.vision.draw import _degrees
+
+    assert _degrees(angle) == label

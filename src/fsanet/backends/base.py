@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fsanet.errors import InputError
+from fsanet.errors import ArtifactError, InputError
 from fsanet.zoo import INPUT_SIZE
 
 IMAGE_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
@@ -57,8 +57,12 @@ def check_images(images: object) -> np.ndarray:
         raise InputError(
             f"crops have dtype {images.dtype}, expected float32 or uint8 BGR pixel values 0-255"
         )
-    if not np.isfinite(images).all():
-        raise InputError("crops contain NaN or infinite values")
+    # Out-of-range pixels make the model return NaN; two reductions cost ~1% of a call.
+    # A NaN fails both comparisons; an empty batch has no range to check.
+    if images.size and not (images.min() >= 0.0 and images.max() <= 255.0):
+        bad = images[~((images >= 0.0) & (images <= 255.0))].flat[0]
+        what = "NaN or infinite values" if not np.isfinite(bad) else f"a value of {bad:g}"
+        raise InputError(f"crops contain {what}: expected BGR pixel values 0-255")
     return np.ascontiguousarray(images)
 
 
@@ -188,6 +192,18 @@ class Runner(ABC):
             for name, out in zip(self.output_names, outputs, strict=True):
                 parts[name].append(out[:n])
         return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+
+    def _check_names(self, inputs: set[str], outputs: set[str]) -> None:
+        """The manifest's tensor names must be the model's: a damaged manifest fails at load
+        with one line, not at the first call (for a backend's `_load`)."""
+        wanted = [self.input_name] if self.input_name not in inputs else []
+        wanted += [name for name in self.output_names if name not in outputs]
+        if wanted:
+            raise ArtifactError(
+                f"{self.model_path} has no tensor named {', '.join(map(repr, wanted))} "
+                f"(inputs: {', '.join(sorted(inputs))}; outputs: {', '.join(sorted(outputs))}): "
+                "the manifest does not match the model; rebuild with `fsanet build --force`"
+            )
 
     @abstractmethod
     def _load(self) -> None:

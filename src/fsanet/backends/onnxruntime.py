@@ -51,6 +51,10 @@ class OnnxRuntimeRunner(Runner):
             raise ArtifactError(
                 f"{self.model_path} cannot be loaded by ONNX Runtime ({first}): rebuild the engine"
             ) from e
+        self._check_names(
+            {i.name for i in self._session.get_inputs()},
+            {o.name for o in self._session.get_outputs()},
+        )
 
     @property
     def providers(self) -> list[str]:

@@ -57,6 +57,10 @@ class OpenVinoRunner(Runner):
             raise ArtifactError(
                 f"{self.model_path} cannot be loaded by OpenVINO ({first}): rebuild the engine"
             ) from e
+        self._check_names(
+            {n for port in self._model.inputs for n in port.get_names()},
+            {n for port in self._model.outputs for n in port.get_names()},
+        )
 
     def _size(self, n: int) -> int:
         """The batch size the model is compiled for (-1: dynamic) for a call of `n` crops."""

@@ -22,7 +22,7 @@ import scipy.io
 from fsanet import progress
 from fsanet.errors import DatasetError, FsanetError
 from fsanet.fetch import fetch
-from fsanet.files import atomic_path, home_dir
+from fsanet.files import atomic_path, ensure_dir, home_dir, remove_stale_temps
 from fsanet.zoo import AFLW2000_ZIP, INPUT_SIZE
 
 EVAL_ANGLE_LIMIT = 99.0  # FSA-Net evaluates the images whose three angles lie in [-99, 99]
@@ -169,6 +169,9 @@ def prepare_aflw2000(
             except DatasetError:
                 target.unlink()  # a damaged cache entry: build it again
         source = fetch(AFLW2000_ZIP, mirror)
+    ensure_dir(target.parent)  # fail before the minutes of cropping, not after
+    if output is None:
+        remove_stale_temps(target.parent)  # what killed runs left in the cache
     data, names = build_aflw2000(source)
     return save_npz(data, names, target)
 

@@ -42,6 +42,11 @@ def draw_axis(
         cv2.line(image, (round(cx), round(cy)), end, colour, thickness, cv2.LINE_AA)
 
 
+def _degrees(angle: float) -> str:
+    """Whole degrees with a sign; an angle that rounds to zero is "+0", never "-0"."""
+    return f"{round(angle) + 0:+d}"
+
+
 def draw_face(
     image: np.ndarray,
     box: tuple[float, float, float, float],
@@ -55,7 +60,7 @@ def draw_face(
     thickness = max(1, round(max(image.shape[:2]) / 400))
     cv2.rectangle(image, (round(x), round(y)), (round(x + w), round(y + h)), _WHITE, thickness)
     draw_axis(image, yaw, pitch, roll, (x + w / 2, y + h / 2), max(w, h) / 2, thickness + 1)
-    label = f"y{yaw:+.0f} p{pitch:+.0f} r{roll:+.0f}"
+    label = f"y{_degrees(yaw)} p{_degrees(pitch)} r{_degrees(roll)}"
     if score is not None:
         label += f" {score:.2f}"
     # White text on a black band above the box: readable on any background.
