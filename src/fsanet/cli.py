@@ -309,6 +309,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from fsanet.serve.app import ServeConfig, serve  # one-line error if the extra is missing
+    from fsanet.serve.auth import read_api_key
     from fsanet.serve.limits import Limits
 
     limits = Limits(
@@ -319,8 +320,24 @@ def cmd_serve(args: argparse.Namespace) -> None:
         body_timeout_s=args.body_timeout,
         request_timeout_s=args.timeout,
     )
+    optional = {
+        "max_inflight_mb": args.max_inflight_mb,
+        "max_connections": args.max_connections,
+    }
     config = ServeConfig(
-        args.host, args.port, args.max_batch, args.max_wait_ms, limits, access_log=args.access_log
+        args.host,
+        args.port,
+        args.max_batch,
+        args.max_wait_ms,
+        limits,
+        access_log=args.access_log,
+        max_waiting=args.max_waiting,
+        header_timeout_s=args.header_timeout,
+        keep_alive_s=args.keep_alive,
+        max_header_bytes=args.max_header_kb * 1024,
+        api_key=read_api_key(args.api_key_file),
+        docs=args.docs,
+        **{k: v for k, v in optional.items() if v is not None},  # None: the machine's default
     )
     engine = _engine(args)
     try:
@@ -629,6 +646,36 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-faces", action="store_true", help="no face detector: crops only")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument(
+        "--max-inflight-mb",
+        type=_positive_float,
+        help="memory for requests in flight; past it they wait or get 503 (default: the "
+        "machine's memory / 24, at most 1024)",
+    )
+    p.add_argument(
+        "--max-waiting", type=_positive, default=64, help="requests waiting for memory (64)"
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive,
+        help="open connections; past it the oldest idle one is closed (default: the open-file "
+        "limit - 64, at most 1024)",
+    )
+    p.add_argument(
+        "--header-timeout", type=_positive_float, default=10.0, help="seconds to send headers (10)"
+    )
+    p.add_argument(
+        "--keep-alive", type=_positive_float, default=5.0, help="idle keep-alive seconds (5)"
+    )
+    p.add_argument(
+        "--max-header-kb", type=_positive, default=64, help="request header size limit (64)"
+    )
+    p.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="require this bearer token (401 otherwise; default: $FSANET_API_KEY if set)",
+    )
+    p.add_argument("--docs", action="store_true", help="serve /docs and /redoc (Swagger UI)")
 
 
 def _args_loadtest(p: argparse.ArgumentParser) -> None:

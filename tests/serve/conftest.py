@@ -39,6 +39,7 @@ class Server:
     url: str
     port: int
     log: Path  # the server's stderr (a file: a pipe nobody reads could fill and block it)
+    stdout: Path | None = None  # for servers whose stdout goes to a file
 
     angles = staticmethod(angles)
     npy = staticmethod(npy)
@@ -133,6 +134,78 @@ def make_server(
     def make(*options: str) -> Server:
         log = tmp_path / f"server{len(started)}.log"
         srv = start_server(cli_command, fusion_artifact, log, *options)
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+# A server from a `ServeConfig` (options the command line may not have): stdout and stderr
+# both go to files, so a busy access log can never fill a pipe and block the server.
+CONFIG_SERVER = """
+import json, sys
+from fsanet.api import load
+from fsanet.serve.app import ServeConfig, serve
+from fsanet.serve.limits import Limits
+path, options = sys.argv[1], json.loads(sys.argv[2])
+limits = Limits(**options.pop("limits", {}))
+faces = options.pop("faces", False)
+engine = load(path)
+estimator = None
+if faces:
+    from fsanet.predict import HeadPoseEstimator
+    estimator = HeadPoseEstimator(engine)
+serve(engine, ServeConfig(port=0, limits=limits, **options), estimator)
+"""
+
+
+def start_config_server(
+    artifact: Artifact, folder: Path, env: dict[str, str] | None = None, **options: object
+) -> Server:
+    import json
+    import os
+    import sys
+
+    out, log = folder / "stdout.log", folder / "stderr.log"
+    with out.open("w") as o, log.open("w") as e:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CONFIG_SERVER, str(artifact.path), json.dumps(options)],
+            stdout=o,
+            stderr=e,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        match = re.search(r"http://127\.0\.0\.1:(\d+)", out.read_text())
+        if match:
+            port = int(match.group(1))
+            server = Server(proc, f"http://127.0.0.1:{port}", port, log, out)
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                        return server
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            break
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    pytest.fail(f"the server did not start: {log.read_text()}")
+
+
+@pytest.fixture
+def config_server(fusion_artifact: Artifact, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start servers from `ServeConfig` keyword arguments; stopped at the end of the test."""
+    started: list[Server] = []
+
+    def make(env: dict[str, str] | None = None, **options: object) -> Server:
+        folder = tmp_path / f"server{len(started)}"
+        folder.mkdir()
+        srv = start_config_server(fusion_artifact, folder, env, **options)
         started.append(srv)
         return srv
 

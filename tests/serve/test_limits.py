@@ -122,3 +122,95 @@ def test_decompression_bomb_is_refused_before_decoding():
     assert e.value.status == 413
     _, data = cv2.imencode(".png", np.zeros((10, 10, 3), np.uint8))
     assert decode_image(data.tobytes(), Limits()).shape == (10, 10, 3)
+
+
+def _npy_header(shape: str, tail: bytes = b"") -> bytes:
+    header = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}".encode()
+    header += b" " * (63 - len(header) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + tail
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _npy_header("(4611686018427387904, 4)"),  # 2**62 x 4 bytes: wraps to 0 in int64
+        _npy_header("(-1, -1, 64, 64, 3)", b"\0" * 12288),  # (-1)(-1) * 12288 = the data size
+        _npy_header("(-1, 1)"),
+        b"\x93NUMPY\x01\x00\x10\x00{'descr': '|u1',\n",  # header cut inside the dict
+        b"\x93NUMPY\x01\x00\x50\x00{'descr': '|u1', ",
+    ],
+    ids=["2**62", "negative-dims", "negative-size", "unterminated", "short"],
+)
+def test_hostile_npy_headers_are_400(data):
+    with pytest.raises(HttpError) as e:
+        parse_npy(data)
+    assert e.value.status == 400
+
+
+def test_crops_out_of_range_are_422():
+    for value in (-1e6, 3e38, -0.5, 255.5):
+        crops = np.full((1, 64, 64, 3), value, np.float32)
+        with pytest.raises(HttpError, match=r"0-255|range") as e:
+            check_crops(crops, Limits())
+        assert e.value.status == 422
+    edge = np.zeros((1, 64, 64, 3), np.float32)
+    edge[0, 0, 0] = (0, 255, 127.5)
+    assert check_crops(edge, Limits()).shape == (1, 64, 64, 3)
+
+
+def _json_crops(crops: np.ndarray, pretty: bool = False) -> bytes:
+    import json
+
+    return json.dumps({"crops": crops.tolist()}, indent=1 if pretty else None).encode()
+
+
+def test_big_json_is_parsed_crop_by_crop_like_json_loads():
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (12, 64, 64, 3)).astype(np.float32) / 2
+    for data in (_json_crops(crops), _json_crops(crops, pretty=True)):
+        assert len(data) > 256 * 1024  # the scanning path
+        assert np.array_equal(parse_crops_json(data, Limits()), crops)
+    one = _json_crops(crops[0])
+    assert np.array_equal(parse_crops_json(one, Limits()), crops[0])
+    text = _json_crops(crops).decode()
+    for bad, status in [
+        (text.replace("]], [[", "]] [[", 1), 400),  # no comma between two crops
+        (text.replace("]]], [[[", "]]],, [[[", 1), 400),
+        (text[:-2] + "]]}", 400),  # unbalanced
+        (text.replace("0.0", '"a"', 1), 422),  # a string where a number goes
+        (text.replace("0.0", "NaN", 1), 422),
+        ('{"other": 1, ' + text[1:], 422),  # big and not just {"crops": ...}
+    ]:
+        with pytest.raises(HttpError) as e:
+            parse_crops_json(bad.encode(), Limits())
+        assert e.value.status == status, bad[:40]
+
+
+def test_big_json_crop_count_is_refused_before_parsing():
+    import time
+
+    crops = np.full((300, 64, 64, 3), 200, np.float32)
+    data = _json_crops(crops)
+    start = time.perf_counter()
+    with pytest.raises(HttpError, match="300 crops") as e:
+        parse_crops_json(data, Limits(max_crops=256))
+    assert e.value.status == 413
+    # A numpy scan, not a parse: json.loads of these ~18 MB takes over a second.
+    assert time.perf_counter() - start < 0.8
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"body_timeout_s": float("nan")},
+        {"request_timeout_s": float("nan")},
+        {"request_timeout_s": float("inf")},
+        {"max_body_bytes": float("nan")},
+        {"max_crops": 0},
+    ],
+)
+def test_limits_refuse_nan_and_non_positive(options):
+    from fsanet.errors import FsanetError
+
+    with pytest.raises(FsanetError, match="must be positive"):
+        Limits(**options)

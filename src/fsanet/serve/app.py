@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ipaddress
+import logging
+import math
+import secrets
 import signal
 import socket
 import sys
@@ -38,13 +43,16 @@ except ImportError as e:
         f"fsanet serve needs the '{e.name}' package: pip install 'fsanet[serve]'"
     ) from None
 
+from fsanet.serve.auth import BearerAuth
 from fsanet.serve.batcher import DynamicBatcher, Overloaded
+from fsanet.serve.budget import MB, MemoryBudget, OverBudget, default_inflight_mb
 from fsanet.serve.limits import (
     IMAGE_TYPES,
     NPY_TYPES,
     HttpError,
     Limits,
     check_crops,
+    checked_image_size,
     decode_image,
     media_type,
     parse_crops_json,
@@ -52,6 +60,7 @@ from fsanet.serve.limits import (
     read_body,
 )
 from fsanet.serve.metrics import ServeMetrics
+from fsanet.serve.protocol import PARSER_ERROR, default_max_connections, limited_protocol
 
 if TYPE_CHECKING:
     from fsanet.engine import PoseEngine
@@ -59,6 +68,9 @@ if TYPE_CHECKING:
 
 ENDPOINTS = ("/v1/pose", "/v1/pose/crops", "/healthz", "/readyz", "/metrics")
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
+REQUEST_ID = "fsanet.request_id"  # scope key; also sent back as the x-request-id header
+CROP_BYTES = 64 * 64 * 3 * 4  # one float32 crop
+log = logging.getLogger("uvicorn.error")  # uvicorn's handler and format
 
 
 @dataclass(frozen=True)
@@ -70,24 +82,41 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     graceful_timeout_s: int = 30  # seconds; how long shutdown waits for requests in flight
     access_log: bool = False
+    # Memory held by requests in flight (bodies, decoded images, crops); past it, requests
+    # wait (at most `max_waiting` of them, at most the request timeout) or get 503.
+    max_inflight_mb: float = field(default_factory=default_inflight_mb)
+    max_waiting: int = 64
+    # Connections: past `max_connections` the oldest idle one is closed; headers must arrive
+    # within `header_timeout_s` and fit in `max_header_bytes` (431); idle keep-alive
+    # connections are closed after `keep_alive_s`.
+    max_connections: int = field(default_factory=default_max_connections)
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    max_header_bytes: int = 64 * 1024
+    api_key: str | None = field(default=None, repr=False)  # bearer token; None: no auth
+    docs: bool = False  # /docs and /redoc (Swagger UI loads its assets from a CDN)
 
     def __post_init__(self) -> None:
-        lim = self.limits
+        # Limits checks its own fields. `not value > 0` also refuses NaN.
         problems = [
             f"{name} must be positive, got {value:g}"
             for name, value in (
                 ("max batch", self.max_batch),
-                ("body limit", lim.max_body_bytes),
-                ("pixel limit", lim.max_pixels),
-                ("crops per request", lim.max_crops),
-                ("queue limit", lim.max_queue),
-                ("body timeout", lim.body_timeout_s),
-                ("request timeout", lim.request_timeout_s),
+                ("in-flight memory", self.max_inflight_mb),
+                ("waiting requests", self.max_waiting),
+                ("max connections", self.max_connections),
+                ("header timeout", self.header_timeout_s),
+                ("keep-alive timeout", self.keep_alive_s),
+                ("header size limit", self.max_header_bytes),
             )
-            if value <= 0
+            if not (value > 0 and math.isfinite(value))
         ]
-        if self.max_wait_ms < 0:
+        if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
             problems.append(f"max wait must be 0 or more, got {self.max_wait_ms:g} ms")
+        if not (self.graceful_timeout_s >= 0 and math.isfinite(self.graceful_timeout_s)):
+            problems.append(f"graceful timeout must be 0 or more, got {self.graceful_timeout_s:g}")
+        if self.api_key is not None and not self.api_key:
+            problems.append("the API key is empty")
         if not 0 <= self.port <= 65535:
             problems.append(f"port must lie in [0, 65535], got {self.port}")
         if problems:
@@ -119,11 +148,24 @@ class PoseService:
             max_wait_ms=config.max_wait_ms,
             max_queue=config.limits.max_queue,
         )
-        self.metrics = ServeMetrics(lambda: self.batcher.queue_depth, lambda: self.in_flight)
+        self.budget = MemoryBudget(
+            int(config.max_inflight_mb * MB),
+            max_waiting=config.max_waiting,
+            wait_s=config.limits.request_timeout_s,
+        )
+        self.metrics = ServeMetrics(
+            lambda: self.batcher.queue_depth,
+            lambda: self.in_flight,
+            lambda: self.budget.used,
+            lambda: self.budget.waiting,
+        )
         self.batcher.metrics = self.metrics
         # Detection and decoding are CPU work too: off the event loop, on every core (the
         # YuNet detector keeps one OpenCV detector per thread).
         self.vision = ThreadPoolExecutor(available_cpus(), thread_name_prefix="fsanet-vision")
+        # JSON crops are parsed by one thread: a parser holds the GIL in stretches, and several
+        # at once would starve the event loop.
+        self.parsing = ThreadPoolExecutor(1, thread_name_prefix="fsanet-json")
 
     def _infer(self, crops: np.ndarray) -> np.ndarray:
         return np.asarray(self.engine(crops), np.float64)
@@ -135,6 +177,7 @@ class PoseService:
         self.draining = True
         await self.batcher.stop()
         self.vision.shutdown(wait=True)
+        self.parsing.shutdown(wait=True)
 
     async def angles(self, request: Request, crops: np.ndarray) -> np.ndarray:
         """Run crops through the batcher; 503 on timeout or overload, `_ClientGone` if the
@@ -148,7 +191,12 @@ class PoseService:
         )
         gone.cancel()
         if result in done:
-            return result.result()
+            angles = result.result()
+            if not np.isfinite(angles).all():  # the input was checked: the engine's fault
+                rid = request.scope.get(REQUEST_ID, "?")
+                log.error("request %s: the engine returned non-finite angles", rid)
+                raise HttpError(500, f"internal error: non-finite angles (request {rid})")
+            return angles
         result.cancel()
         if gone in done:
             raise _ClientGone
@@ -209,11 +257,15 @@ class _Observe:
             return
         start = time.perf_counter()
         status = 500
+        rid = secrets.token_hex(6)
+        scope[REQUEST_ID] = rid
 
         async def observe_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                message = {**message, "headers": headers}
             await send(message)
 
         self.service.in_flight += 1
@@ -221,6 +273,8 @@ class _Observe:
             await self.app(scope, receive, observe_send)
         finally:
             self.service.in_flight -= 1
+            if scope.get(PARSER_ERROR):  # a malformed body: the client got the parser's 400
+                status = 400
             path = scope["path"]
             endpoint = path if path in ENDPOINTS else "other"
             metrics = self.service.metrics
@@ -265,6 +319,8 @@ def create_app(
         title="fsanet",
         description="FSA-Net head pose over HTTP, with dynamic batching.",
         lifespan=lifespan,
+        docs_url="/docs" if config.docs else None,
+        redoc_url="/redoc" if config.docs else None,
     )
     app.state.service = service
 
@@ -275,6 +331,10 @@ def create_app(
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded) -> Response:
         return _error(503, str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(OverBudget)
+    async def _over_budget(request: Request, exc: OverBudget) -> Response:
+        return _error(exc.status, str(exc), {"Retry-After": "1"} if exc.status == 503 else None)
 
     @app.exception_handler(_ClientGone)
     @app.exception_handler(ClientDisconnect)
@@ -287,7 +347,8 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> Response:
-        return _error(500, f"internal error ({type(exc).__name__})")
+        rid = request.scope.get(REQUEST_ID, "?")
+        return _error(500, f"internal error ({type(exc).__name__}, request {rid})")
 
     @app.post(
         "/v1/pose/crops",
@@ -304,11 +365,21 @@ def create_app(
         if kind not in (*NPY_TYPES, "application/json"):
             raise HttpError(415, f"send application/x-npy or application/json, not {kind!r}")
         body = await _body(request, limits)
+        loop = asyncio.get_running_loop()
+        # What the request will hold: its body and its float32 crops (at most `max_crops`).
+        crops_bytes = limits.max_crops * CROP_BYTES
         if kind in NPY_TYPES:
             crops = parse_npy(body)  # a header check and a zero-copy view: cheap
-        else:  # megabytes of JSON take a while: not on the event loop
-            crops = await asyncio.get_running_loop().run_in_executor(None, parse_crops_json, body)
-        angles = await service.angles(request, check_crops(crops, limits))
+            cost = len(body) + min(crops.size * 4, crops_bytes)
+            job = functools.partial(check_crops, crops, limits)  # scans every pixel
+            executor = service.vision
+        else:  # each JSON crop takes at least 24 KiB (12288 numbers and their separators)
+            cost = len(body) + min((len(body) // 24576 + 1) * CROP_BYTES, crops_bytes)
+            job = functools.partial(_parse_crops_json, body, limits)
+            executor = service.parsing
+        async with service.budget.reserve(cost):
+            batch = await loop.run_in_executor(executor, job)
+            angles = await service.angles(request, batch)
         poses = [{"yaw": y, "pitch": p, "roll": r} for y, p, r in angles.tolist()]
         return JSONResponse({"model": engine.name, "count": len(poses), "poses": poses})
 
@@ -330,15 +401,23 @@ def create_app(
         body = await _body(request, limits)
         data = await _multipart_image(request, body) if kind == "multipart/form-data" else body
         loop = asyncio.get_running_loop()
-        image = await loop.run_in_executor(service.vision, decode_image, data, limits)
-        detections, crops = await loop.run_in_executor(service.vision, _detect, service, image)
-        faces = []
-        if detections:
-            # All faces of the image go to the batcher as one submission.
-            angles = await service.angles(request, crops.astype(np.float32))
-            faces = _faces(detections, angles)
-            service.metrics.faces.inc(len(faces))
-        height, width = image.shape[:2]
+        # The header walk of a JPEG can take a while for hostile ones: not on the event loop.
+        width, height = await loop.run_in_executor(service.vision, checked_image_size, data, limits)
+        # The decoded image (and the detector's copies), then the crops: reserved before
+        # decoding, the image's part given back once the faces are cropped.
+        image_cost = width * height * 3 * 5 // 4
+        crops_cost = limits.max_crops * (CROP_BYTES + CROP_BYTES // 4)
+        async with service.budget.reserve(len(body) + image_cost + crops_cost) as held:
+            detections, crops = await loop.run_in_executor(
+                service.vision, _decode_and_detect, service, data
+            )
+            held.shrink(image_cost)
+            faces = []
+            if detections:
+                # All faces of the image go to the batcher as one submission.
+                angles = await service.angles(request, crops.astype(np.float32))
+                faces = _faces(detections, angles)
+                service.metrics.faces.inc(len(faces))
         return JSONResponse(
             {
                 "model": engine.name,
@@ -376,13 +455,21 @@ def create_app(
             service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
-    app.add_middleware(_Observe, service=service)
+    if config.api_key is not None:
+        app.add_middleware(BearerAuth, api_key=config.api_key)
+    app.add_middleware(_Observe, service=service)  # outermost: counts 401s too
     return app
 
 
-def _detect(service: PoseService, image: np.ndarray) -> tuple[list[Any], np.ndarray]:
+def _parse_crops_json(body: bytes, limits: Limits) -> np.ndarray:
+    return check_crops(parse_crops_json(body, limits), limits)
+
+
+def _decode_and_detect(service: PoseService, data: bytes) -> tuple[list[Any], np.ndarray]:
+    """One job: the decoded image never waits in a queue, and is freed when it returns."""
     from fsanet.vision.crop import crop_faces
 
+    image = decode_image(data, service.limits)
     estimator = service.estimator
     assert estimator is not None
     # Best score first; keep at most `max_crops` faces so one image cannot flood the engine.
@@ -445,20 +532,56 @@ def serve(
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"fsanet serve: listening on http://{shown}:{port}", flush=True)
-    print(
-        f"  engine {engine.name}; max batch {config.max_batch}, max wait {config.max_wait_ms:g} ms;"
-        f" faces {'on' if estimator is not None else 'off'}",
-        file=sys.stderr,
-        flush=True,
+    for line in startup_lines(engine.name, config, faces=estimator is not None, host=host):
+        print(line, file=sys.stderr, flush=True)
+    service: PoseService = app.state.service
+    protocol = limited_protocol(
+        max_header_bytes=config.max_header_bytes,
+        header_timeout_s=config.header_timeout_s,
+        max_connections=config.max_connections,
+        metrics=service.metrics,
     )
     server = _Server(
         uvicorn.Config(
             app,
+            http=protocol,
             log_level="warning",
             access_log=config.access_log,
             timeout_graceful_shutdown=config.graceful_timeout_s,
-            timeout_keep_alive=5,
+            timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  (a float works)
         )
     )
+    if config.access_log:  # uvicorn set its access logger to log_level: it logs at INFO
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     server.run(sockets=[sock])
     print("fsanet serve: stopped", file=sys.stderr, flush=True)
+
+
+def startup_lines(engine_name: str, config: ServeConfig, *, faces: bool, host: str) -> list[str]:
+    """What `serve` prints to stderr on start: the engine and every limit in force."""
+    lim = config.limits
+    lines = [
+        f"  engine {engine_name}; max batch {config.max_batch}, max wait {config.max_wait_ms:g} ms;"
+        f" faces {'on' if faces else 'off'}",
+        f"  requests: body <= {lim.max_body_bytes / MB:g} MiB, image <= {lim.max_pixels} pixels,"
+        f" <= {lim.max_crops} crops; queue <= {lim.max_queue} crops; in-flight memory <="
+        f" {config.max_inflight_mb:g} MB ({config.max_waiting} may wait)",
+        f"  timeouts: body {lim.body_timeout_s:g} s, request {lim.request_timeout_s:g} s,"
+        f" headers {config.header_timeout_s:g} s, keep-alive {config.keep_alive_s:g} s;"
+        f" headers <= {config.max_header_bytes // 1024} KiB; <= {config.max_connections}"
+        f" connections; auth {'on' if config.api_key is not None else 'off'};"
+        f" docs {'on' if config.docs else 'off'}",
+    ]
+    if config.api_key is None and not _is_loopback(host):
+        lines.append(
+            f"fsanet serve: warning: listening on {host} without an API key: anyone who can "
+            "reach it can use this server (set FSANET_API_KEY or an API key file)"
+        )
+    return lines
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
+import re
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from fsanet.backends.base import check_images
-from fsanet.errors import InputError
+from fsanet.errors import FsanetError, InputError
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
 IMAGE_TYPES = ("image/jpeg", "image/png")
@@ -35,6 +37,23 @@ class Limits:
     max_queue: int = 4096  # crops waiting for the engine before requests get 503
     body_timeout_s: float = 10.0  # reading the body (slow or stalled clients)
     request_timeout_s: float = 30.0  # waiting for the engine
+
+    def __post_init__(self) -> None:
+        # `not value > 0` also refuses NaN, which every comparison lets through otherwise.
+        problems = [
+            f"{name} must be positive, got {value:g}"
+            for name, value in (
+                ("body limit", self.max_body_bytes),
+                ("pixel limit", self.max_pixels),
+                ("crops per request", self.max_crops),
+                ("queue limit", self.max_queue),
+                ("body timeout", self.body_timeout_s),
+                ("request timeout", self.request_timeout_s),
+            )
+            if not (value > 0 and math.isfinite(value))
+        ]
+        if problems:
+            raise FsanetError("; ".join(problems))
 
 
 class HttpError(Exception):
@@ -98,11 +117,13 @@ def parse_npy(data: bytes) -> np.ndarray:
             shape, fortran, dtype = npy_format.read_array_header_2_0(fp)
         else:
             raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, SyntaxError, struct.error, EOFError) as e:
+    except Exception as e:  # numpy's header parser raises many types (tokenize, ast, struct...)
         raise HttpError(400, f"the body is not a valid .npy file ({_first_line(e)})") from None
     if dtype.hasobject:
         raise HttpError(422, "object arrays are not accepted; send uint8 or float32 crops")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if any(d < 0 for d in shape):
+        raise HttpError(400, f"the .npy header declares negative dimensions {shape}")
+    count = math.prod(shape)  # Python ints: (2**62, 4) must not wrap around to 0
     expected = count * dtype.itemsize
     offset = fp.tell()
     if len(data) - offset != expected:
@@ -115,8 +136,34 @@ def parse_npy(data: bytes) -> np.ndarray:
     return array.reshape(shape, order="F" if fortran else "C")
 
 
-def parse_crops_json(data: bytes) -> np.ndarray:
-    """`{"crops": N x 64 x 64 x 3 nested lists}` as float32 (an array of numbers, not dtypes)."""
+# A JSON body over this size is parsed crop by crop (see `parse_crops_json`).
+SMALL_JSON_BYTES = 256 * 1024
+_JSON_HEAD = re.compile(rb'\s*\{\s*"crops"\s*:\s*(?=\[)')
+_JSON_NUMBERS = np.zeros(256, bool)
+_JSON_NUMBERS[np.frombuffer(b"0123456789+-.eE[], \t\r\n", np.uint8)] = True
+_SHAPE_HINT = "crops must be a nested list of numbers of shape N x 64 x 64 x 3"
+
+
+def parse_crops_json(data: bytes, limits: Limits | None = None) -> np.ndarray:
+    """`{"crops": N x 64 x 64 x 3 nested lists}` as float32 (an array of numbers, not dtypes).
+
+    `json.loads` holds the GIL for its whole run (~1 s for 15 MB), which would stall every
+    other request. So a body of the plain form `{"crops": [...]}` is first scanned with numpy
+    (crop count from the bracket depth, refused past `max_crops` before anything is parsed),
+    then parsed one crop at a time, letting other threads in between. Other forms are only
+    accepted up to `SMALL_JSON_BYTES`.
+    """
+    head = _JSON_HEAD.match(data)
+    tail = data.rstrip()
+    if head and tail.endswith(b"}") and tail[:-1].rstrip().endswith(b"]"):
+        stop = len(tail[:-1].rstrip())
+        return _parse_crops_array(data, head.end(), stop, limits)
+    if len(data) > SMALL_JSON_BYTES:
+        raise HttpError(
+            422,
+            f'a JSON body over {SMALL_JSON_BYTES // 1024} KiB must be just {{"crops": [...]}}; '
+            "send large batches as application/x-npy",
+        )
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as e:
@@ -126,23 +173,73 @@ def parse_crops_json(data: bytes) -> np.ndarray:
     try:
         crops = np.asarray(doc["crops"], dtype=np.float32)
     except (ValueError, TypeError, OverflowError):
-        raise HttpError(
-            422, "crops must be a nested list of numbers of shape N x 64 x 64 x 3"
-        ) from None
+        raise HttpError(422, _SHAPE_HINT) from None
     return crops
 
 
+def _parse_crops_array(data: bytes, start: int, stop: int, limits: Limits | None) -> np.ndarray:
+    """The JSON array data[start:stop] (brackets included) of crops, checked then parsed."""
+    region = np.frombuffer(data, np.uint8, count=stop - start, offset=start)
+    if not _JSON_NUMBERS[region].all():  # strings, null, NaN...: not a crop
+        raise HttpError(422, _SHAPE_HINT)
+    is_open = region == ord("[")
+    brackets = np.flatnonzero(is_open | (region == ord("]")))
+    depth = np.cumsum(np.where(is_open[brackets], 1, -1).astype(np.int32))
+    if len(depth) == 0 or depth[-1] != 0 or (depth[:-1] <= 0).any():
+        raise HttpError(400, "the body is not valid JSON (unbalanced brackets)")
+    levels = int(depth.max())
+    if levels == 3:  # one crop without the batch axis
+        spans = [(0, len(region))]
+    elif levels == 4:
+        firsts = brackets[is_open[brackets] & (depth == 2)]
+        lasts = brackets[~is_open[brackets] & (depth == 1)] + 1
+        spans = list(zip(firsts.tolist(), lasts.tolist(), strict=True))
+    else:
+        raise HttpError(422, _SHAPE_HINT)
+    if limits is not None and len(spans) > limits.max_crops:
+        raise HttpError(413, _too_many(len(spans), limits))
+    out = np.empty((len(spans), 64, 64, 3), np.float32)
+    previous = 1  # just after the outer "["
+    for i, (a, b) in enumerate(spans):
+        if levels == 4:  # between crops: one comma, and white space
+            gap = bytes(region[previous:a]).strip()
+            if gap != (b"," if i else b""):
+                raise HttpError(400, "the body is not valid JSON (crops not separated by ',')")
+            previous = b
+        try:
+            crop = np.asarray(json.loads(data[start + a : start + b]), dtype=np.float32)
+        except (ValueError, RecursionError) as e:
+            raise HttpError(400, f"the body is not valid JSON ({_first_line(e)})") from None
+        except (TypeError, OverflowError):
+            raise HttpError(422, _SHAPE_HINT) from None
+        if crop.shape != (64, 64, 3):
+            raise HttpError(422, f"{_SHAPE_HINT}, not {crop.shape}")
+        out[i] = crop
+    if levels == 4 and bytes(region[previous:-1]).strip():
+        raise HttpError(400, "the body is not valid JSON (text after the last crop)")
+    return out[0] if levels == 3 else out
+
+
 def check_crops(crops: np.ndarray, limits: Limits) -> np.ndarray:
-    """Shape, dtype and finite values (the engine's own checks), count within the limit."""
+    """Shape, dtype, finite values in 0-255 (the engine's own checks), count within the limit."""
+    count = len(crops) if crops.ndim == 4 else 1
+    if count > limits.max_crops:  # before the float32 copy
+        raise HttpError(413, _too_many(count, limits))
     try:
         batch = check_images(crops)
     except InputError as e:
         raise HttpError(422, str(e)) from None
     if len(batch) == 0:
         raise HttpError(422, "no crops given")
-    if len(batch) > limits.max_crops:
-        raise HttpError(413, f"{len(batch)} crops in one request, the limit is {limits.max_crops}")
+    # Pixel values out of range make the model return NaN: the client's fault, so a 4xx.
+    # (backends.base.check_images may check this too; a second pass is cheap next to the engine.)
+    if crops.dtype != np.uint8 and (batch.min() < 0 or batch.max() > 255):
+        raise HttpError(422, "crops must hold BGR pixel values in 0-255")
     return batch
+
+
+def _too_many(count: int, limits: Limits) -> str:
+    return f"{count} crops in one request, the limit is {limits.max_crops}"
 
 
 # --- images ------------------------------------------------------------------------------
@@ -188,8 +285,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise HttpError(400, "damaged JPEG: no frame header")
 
 
-def decode_image(data: bytes, limits: Limits) -> np.ndarray:
-    """A BGR uint8 image, refusing sizes over `max_pixels` before decoding."""
+def checked_image_size(data: bytes, limits: Limits) -> tuple[int, int]:
+    """(width, height) from the header, refusing empty images and sizes over `max_pixels`."""
     width, height = image_size(data)
     if width == 0 or height == 0:
         raise HttpError(400, f"the image header declares an empty image ({width}x{height})")
@@ -199,6 +296,12 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
             f"the image is {width}x{height} = {width * height} pixels, "
             f"the limit is {limits.max_pixels}",
         )
+    return width, height
+
+
+def decode_image(data: bytes, limits: Limits) -> np.ndarray:
+    """A BGR uint8 image, refusing sizes over `max_pixels` before decoding."""
+    checked_image_size(data, limits)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise HttpError(400, "the image cannot be decoded (damaged or truncated)")

@@ -85,7 +85,13 @@ class Histogram:
 class ServeMetrics:
     """What `GET /metrics` shows: requests by status, latency, batch sizes, queue depth."""
 
-    def __init__(self, queue_depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        queue_depth: Callable[[], float],
+        in_flight: Callable[[], float],
+        memory_in_flight: Callable[[], float] = lambda: 0,
+        memory_waiting: Callable[[], float] = lambda: 0,
+    ) -> None:
         self.requests = Counter("fsanet_requests_total", "HTTP requests by endpoint and status.")
         self.latency = Histogram(
             "fsanet_request_duration_seconds", "Request latency by endpoint.", LATENCY_BUCKETS
@@ -98,6 +104,10 @@ class ServeMetrics:
         )
         self.crops = Counter("fsanet_crops_total", "Crops run through the engine.")
         self.faces = Counter("fsanet_faces_total", "Faces found by POST /v1/pose.")
+        self.rejected = Counter(
+            "fsanet_rejected_total",
+            "Requests and connections refused by the HTTP layer before the app, by reason.",
+        )
         self._all: list[Counter | Gauge | Histogram] = [
             self.requests,
             self.latency,
@@ -105,8 +115,19 @@ class ServeMetrics:
             self.engine_seconds,
             self.crops,
             self.faces,
+            self.rejected,
             Gauge("fsanet_queue_depth", "Crops waiting for the engine.", queue_depth),
             Gauge("fsanet_requests_in_flight", "Requests being handled.", in_flight),
+            Gauge(
+                "fsanet_memory_in_flight_bytes",
+                "Memory reserved by requests in flight (bodies, images, crops).",
+                memory_in_flight,
+            ),
+            Gauge(
+                "fsanet_memory_waiting_requests",
+                "Requests waiting for the memory budget.",
+                memory_waiting,
+            ),
         ]
 
     def render(self) -> str:
