@@ -406,9 +406,6 @@ def test_bench_never_imports_tensorflow(fusion_artifact, run_cli):
         (["/nonexistent/engine"], "unknown engine '/nonexistent/engine'"),
         (["--batch", "0"], "batch sizes must be at least 1, got 0"),
         (["--batch", "1,x"], "--batch takes whole numbers"),
-        (["--iterations", "-5"], "iterations must be at least 1, got -5"),
-        (["--warmup", "-1"], "warm-up iterations cannot be negative"),
-        (["--duration", "0"], "duration must be more than 0"),
         (["--plot", "/nonexistent/dir/bench.png"], "cannot write the plot"),
         (["--baseline", "pytorch"], "unknown baseline 'pytorch'"),
     ],
@@ -417,6 +414,22 @@ def test_user_errors_are_one_line_exit_1(args, message, capsys):
     assert main(["bench", *args]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"fsanet: error: {message}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--iterations", "-5"], "argument --iterations: must be at least 1, got -5"),
+        (["--warmup", "-1"], "argument --warmup: must be at least 0"),
+        (["--duration", "0"], "argument --duration: must be more than 0"),
+    ],
+)
+def test_bad_numbers_are_refused_by_the_parser_in_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"fsanet bench: error: {message}"), err
+    assert err.count("\n") == 1
 
 
 def test_unwritable_plot_in_a_real_process(tmp_path):

@@ -23,7 +23,9 @@ from fsanet.datasets.aflw2000 import pose_from_mat
 from fsanet.engine import PoseEngine
 from fsanet.errors import FsanetError
 from fsanet.predict import Face, Faces, HeadPoseEstimator, annotate, predict
+from fsanet.tracking import OneEuro
 from fsanet.vision.detect import Detection
+from fsanet.vision.rotation import angles_from_matrix
 
 pytestmark = pytest.mark.real
 
@@ -311,3 +313,47 @@ def test_a_video_output_that_cannot_be_written_names_the_path(
     with pytest.raises(FsanetError, match=f"cannot write {blocker}/clip.mp4: ") as e:
         predict([str(video)], estimator, output_dir=blocker)
     assert "mp4v" not in str(e.value)
+
+
+def _records(out: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_video_records_carry_track_time_rotation_and_smoothing(
+    estimator: HeadPoseEstimator, shared: Path, tmp_path: Path
+) -> None:
+    video = _clip(shared, tmp_path / "still.avi", 4)  # 10 frames/s
+    plain, smooth = io.StringIO(), io.StringIO()
+    predict([str(video)], estimator, jsonl=plain, rotation=True)
+    predict([str(video)], estimator, jsonl=smooth, smooth=OneEuro())
+    raw, smoothed = _records(plain), _records(smooth)
+    assert [r["time"] for r in raw] == [0.0, 0.1, 0.2, 0.3]
+    assert [r["track"] for r in raw] == [1, 1, 1, 1]
+    for record in raw:
+        matrix = np.array(record["rotation"])
+        assert np.linalg.det(matrix) == pytest.approx(1.0, abs=1e-5)
+        angles = angles_from_matrix(matrix)
+        assert np.allclose(angles, [record["yaw"], record["pitch"], record["roll"]], atol=0.01)
+        assert "raw" not in record  # off by default: the engine's values, nothing else
+    # With --smooth the engine's values are kept unchanged under "raw".
+    assert [r["raw"] for r in smoothed] == [
+        {k: r[k] for k in ("yaw", "pitch", "roll")} for r in raw
+    ]
+    assert all("rotation" not in r for r in smoothed)
+
+
+def test_cli_predict_rotation_and_smooth(
+    fusion_artifact: Artifact, shared: Path, tmp_path: Path
+) -> None:
+    video = _clip(shared, tmp_path / "clip.avi", 3)
+    cv2.imwrite(str(tmp_path / "photo.jpg"), photo(shared, CLEAR[0])[0])
+    jsonl = tmp_path / "out.jsonl"
+    argv = ["predict", str(video), str(tmp_path / "photo.jpg"), "-q", "--jsonl", str(jsonl)]
+    assert main([*argv, "--rotation", "--smooth", "--smooth-min-cutoff", "0.2"]) == 0
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    image, frames = records[0], records[1:]
+    assert image["frame"] is None and image["track"] is None and image["time"] is None
+    assert len(image["rotation"]) == 3 and "raw" not in image  # no smoothing on a photo
+    assert len(frames) == 3 and all("raw" in r and len(r["rotation"]) == 3 for r in frames)
+    with pytest.raises(SystemExit):  # argparse refuses a negative beta
+        main([*argv, "--smooth", "--smooth-beta", "-1"])

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fsanet import __version__, progress
 from fsanet.errors import FsanetError
@@ -222,6 +222,7 @@ def _check_outputs(output: str | None, jsonl: str | None) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from fsanet.api import load
     from fsanet.predict import HeadPoseEstimator, jsonl_writer, predict
+    from fsanet.tracking import OneEuro
 
     # JSON Lines go to stdout unless written elsewhere; the summary then goes to stderr.
     jsonl = args.jsonl or (None if args.output else "-")
@@ -250,6 +251,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
             jsonl=records,
             max_frames=args.frames,
             max_pixels=args.max_pixels,
+            rotation=args.rotation,
+            smooth=OneEuro(args.smooth_min_cutoff, args.smooth_beta) if args.smooth else None,
         )
     text = json.dumps(summary.to_dict(), indent=2) if args.json else str(summary)
     print(text, file=sys.stderr if jsonl == "-" else sys.stdout)
@@ -576,6 +579,29 @@ def _args_predict(p: argparse.ArgumentParser) -> None:
         default=256,
         help="faces per image, the best scores; more are reported as truncated (256)",
     )
+    p.add_argument(
+        "--rotation",
+        action="store_true",
+        help="add each face's 3x3 rotation matrix (docs/CONVENTIONS.md) to its record",
+    )
+    p.add_argument(
+        "--smooth",
+        action="store_true",
+        help="video: One Euro filter per track on the angles; records keep the raw ones too",
+    )
+    p.add_argument(
+        "--smooth-min-cutoff",
+        type=_positive_float,
+        default=0.5,
+        metavar="HZ",
+        help="--smooth: cutoff on a still head, lower is smoother (0.5)",
+    )
+    p.add_argument(
+        "--smooth-beta",
+        type=_non_negative_float,
+        default=0.02,
+        help="--smooth: how fast the cutoff opens in a turn, per degree/s (0.02)",
+    )
     _add_face_options(p, "0.5")
 
 
@@ -728,8 +754,16 @@ COMMANDS: list[Command] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad option reported in one line (exit 2, argparse's code for usage
+    errors) instead of the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="fsanet",
         description="FSA-Net head pose: fetch, build verified engines, evaluate on AFLW2000.",
     )

@@ -2,7 +2,9 @@
 
 `HeadPoseEstimator` is the Python API (a BGR image in, a list of `Face` out);
 `predict` runs it over images, folders, video files and cameras, writing JSON Lines,
-annotated images/videos and returning a `PredictSummary`.
+annotated images/videos and returning a `PredictSummary`. In video, faces carry a track id
+(`fsanet.tracking`) and, with `smooth`, One Euro filtered angles. The angle convention and
+`Face.rotation_matrix` are in docs/CONVENTIONS.md.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import numpy as np
 from fsanet import progress
 from fsanet.errors import FsanetError
 from fsanet.files import atomic_path, writing
+from fsanet.tracking import FaceTracks, OneEuro
 from fsanet.vision.crop import CROP_RULES, DEFAULT_RULE, MARGIN, crop_faces
 from fsanet.vision.detect import Detection, Detector, YuNet, check_image
 from fsanet.vision.draw import draw_face
 from fsanet.vision.imageio import image_size
+from fsanet.vision.rotation import rotation_matrix
 
 if TYPE_CHECKING:
     from fsanet.engine import PoseEngine
@@ -41,7 +45,10 @@ MAX_PIXELS = 40_000_000  # larger images are refused, before decoding where the 
 
 @dataclass(frozen=True)
 class Face:
-    """One face: box (x, y, w, h) in pixels, detector score, landmarks, angles in degrees."""
+    """One face: box (x, y, w, h) in pixels, detector score, landmarks, angles in degrees.
+
+    In video, `track` is the face's track id; with smoothing, yaw/pitch/roll are the
+    smoothed angles and `raw` the engine's (yaw, pitch, roll)."""
 
     box: tuple[float, float, float, float]
     score: float
@@ -49,6 +56,13 @@ class Face:
     pitch: float
     roll: float
     landmarks: tuple[tuple[float, float], ...] | None = None
+    track: int | None = None
+    raw: tuple[float, float, float] | None = None
+
+    def rotation_matrix(self) -> np.ndarray:
+        """The 3x3 head-to-camera rotation of these angles (OpenCV's camera axes: x right,
+        y down, z away from the camera); see docs/CONVENTIONS.md."""
+        return rotation_matrix(self.yaw, self.pitch, self.roll)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -60,6 +74,12 @@ class Face:
         }
         if self.landmarks is not None:
             out["landmarks"] = [[round(x, 1), round(y, 1)] for x, y in self.landmarks]
+        if self.track is not None:
+            out["track"] = self.track
+        if self.raw is not None:
+            out["raw"] = {
+                k: round(v, 2) for k, v in zip(("yaw", "pitch", "roll"), self.raw, strict=True)
+            }
         return out
 
     def __str__(self) -> str:
@@ -162,7 +182,7 @@ def annotate(image: np.ndarray, faces: list[Face]) -> np.ndarray:
     """A copy of `image` with every face's box and pose axes drawn."""
     out = image.copy()
     for face in faces:
-        draw_face(out, face.box, face.yaw, face.pitch, face.roll, face.score)
+        draw_face(out, face.box, face.yaw, face.pitch, face.roll, face.score, face.track)
     return out
 
 
@@ -288,8 +308,27 @@ class PredictSummary:
         return text
 
 
-def _record(source: Source, frame: int | None, index: int, face: Face) -> dict[str, Any]:
-    return {"source": source.location, "frame": frame, "face": index, **face.to_dict()}
+def _record(
+    source: Source,
+    frame: int | None,
+    index: int,
+    face: Face,
+    time: float | None = None,
+    rotation: bool = False,
+) -> dict[str, Any]:
+    """One JSON Lines record; `time` is the frame's time in seconds (video), `track` the
+    face's track id (video; null for images), `rotation` adds the 3x3 matrix by rows."""
+    record = {
+        "source": source.location,
+        "frame": frame,
+        "time": None if time is None else round(time, 3),
+        "face": index,
+        "track": face.track,
+        **face.to_dict(),
+    }
+    if rotation:
+        record["rotation"] = [[round(v, 6) for v in row] for row in face.rotation_matrix()]
+    return record
 
 
 def _write_image(path: Path, image: np.ndarray) -> None:
@@ -361,9 +400,12 @@ def predict(
     jsonl: IO[str] | None = None,
     max_frames: int | None = None,
     max_pixels: int = MAX_PIXELS,
+    rotation: bool = False,
+    smooth: OneEuro | None = None,
 ) -> PredictSummary:
     """Run `estimator` over every source; files that cannot be read, or images of more than
-    `max_pixels`, are reported and skipped.
+    `max_pixels`, are reported and skipped. `rotation` adds each face's 3x3 rotation matrix
+    to its record; `smooth` filters each video track's angles (raw values kept as `raw`).
 
     Raises FsanetError if a path does not exist, if the paths hold no image or video, or if
     no source at all could be read.
@@ -388,7 +430,9 @@ def predict(
             summary.images += 1
             summary.faces += len(faces)
             _note_truncated(summary, source, faces)
-            _emit(jsonl, [_record(source, None, i, f) for i, f in enumerate(faces)])
+            _emit(
+                jsonl, [_record(source, None, i, f, rotation=rotation) for i, f in enumerate(faces)]
+            )
             if out_dir is not None:
                 target = out_dir / source.name
                 if target.suffix.lower() not in IMAGE_SUFFIXES:
@@ -397,7 +441,7 @@ def predict(
                 summary.outputs.append(str(target))
             bar.set_postfix(fps=f"{summary.images / (time.perf_counter() - start):.1f}")
     for source in (s for s in sources if s.kind != "image"):
-        _run_video(source, estimator, summary, out_dir, jsonl, max_frames)
+        _run_video(source, estimator, summary, out_dir, jsonl, max_frames, rotation, smooth)
     summary.seconds = time.perf_counter() - start
     if len(summary.failed) == len(sources):
         raise FsanetError(f"no input could be read ({len(sources)} tried)")
@@ -449,6 +493,8 @@ def _run_video(
     out_dir: Path | None,
     jsonl: IO[str] | None,
     max_frames: int | None,
+    rotation: bool = False,
+    smooth: OneEuro | None = None,
 ) -> None:
     camera = source.kind == "camera"
     capture = cv2.VideoCapture(int(source.location) if camera else source.location)
@@ -465,6 +511,7 @@ def _run_video(
         if not camera and Path(source.name).suffix.lower() != ".mp4":
             print(f"fsanet: note: {source.location} is written as {target} (mp4v)", file=sys.stderr)
     frames_before = summary.frames
+    tracks = FaceTracks(smooth)  # ids start at 1 in every video
     try:
         with (
             _VideoOut(target, fps, camera) as writer,
@@ -472,11 +519,17 @@ def _run_video(
         ):
             start = time.perf_counter()
             for index, frame in enumerate(_frames(capture, max_frames)):
-                faces = estimator(frame)
+                # A file's frame time is its place in the stream; a camera's, the clock.
+                now = time.perf_counter() - start if camera else index / fps
+                detected = estimator(frame)
+                _note_truncated(summary, source, detected, index)
+                faces = tracks.update(detected, now)
                 summary.frames += 1
                 summary.faces += len(faces)
-                _note_truncated(summary, source, faces, index)
-                _emit(jsonl, [_record(source, index, i, f) for i, f in enumerate(faces)])
+                _emit(
+                    jsonl,
+                    [_record(source, index, i, f, now, rotation) for i, f in enumerate(faces)],
+                )
                 writer.write(annotate(frame, faces))
                 bar.update()
                 bar.set_postfix(fps=f"{(index + 1) / (time.perf_counter() - start):.1f}")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
+
+from fsanet.vision.rotation import image_axes
 
 _RED, _GREEN, _BLUE, _WHITE = (0, 0, 255), (0, 255, 0), (255, 0, 0), (255, 255, 255)
 
@@ -19,25 +19,12 @@ def draw_axis(
     size: float,
     thickness: int = 2,
 ) -> None:
-    """Draw the head's x (red, to its left ear), y (green, down) and z (blue, out of the face)
-    axes from `centre`, as FSA-Net's and Hopenet's demos do (yaw is mirrored for the image).
+    """Draw the head's x (red, to its left ear), y (green, down) and nose (blue, out of the
+    face) axes from `centre`: the columns of `rotation_matrix` seen from the camera, the
+    same picture as FSA-Net's and Hopenet's demos (docs/CONVENTIONS.md).
     """
-    p, y, r = math.radians(pitch), -math.radians(yaw), math.radians(roll)
     cx, cy = centre
-    axes = (
-        (
-            math.cos(y) * math.cos(r),
-            math.cos(p) * math.sin(r) + math.cos(r) * math.sin(p) * math.sin(y),
-            _RED,
-        ),
-        (
-            -math.cos(y) * math.sin(r),
-            math.cos(p) * math.cos(r) - math.sin(p) * math.sin(y) * math.sin(r),
-            _GREEN,
-        ),
-        (math.sin(y), -math.cos(y) * math.sin(p), _BLUE),
-    )
-    for dx, dy, colour in axes:
+    for (dx, dy), colour in zip(image_axes(yaw, pitch, roll), (_RED, _GREEN, _BLUE), strict=True):
         end = (round(cx + size * dx), round(cy + size * dy))
         cv2.line(image, (round(cx), round(cy)), end, colour, thickness, cv2.LINE_AA)
 
@@ -54,13 +41,17 @@ def draw_face(
     pitch: float,
     roll: float,
     score: float | None = None,
+    track: int | None = None,
 ) -> None:
-    """Box, axes from the box centre (half the box size long) and a short label, in place."""
+    """Box, axes from the box centre (half the box size long) and a short label (track id
+    first when given), in place."""
     x, y, w, h = box
     thickness = max(1, round(max(image.shape[:2]) / 400))
     cv2.rectangle(image, (round(x), round(y)), (round(x + w), round(y + h)), _WHITE, thickness)
     draw_axis(image, yaw, pitch, roll, (x + w / 2, y + h / 2), max(w, h) / 2, thickness + 1)
     label = f"y{_degrees(yaw)} p{_degrees(pitch)} r{_degrees(roll)}"
+    if track is not None:
+        label = f"#{track} {label}"
     if score is not None:
         label += f" {score:.2f}"
     # White text on a black band above the box: readable on any background.
