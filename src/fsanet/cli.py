@@ -311,7 +311,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from fsanet.serve.app import ServeConfig, serve  # one-line error if the extra is missing
+    from fsanet.serve.app import ServeConfig, check_tls, serve  # one-line error if no extra
     from fsanet.serve.auth import read_api_key
     from fsanet.serve.limits import Limits
 
@@ -340,8 +340,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_header_bytes=args.max_header_kb * 1024,
         api_key=read_api_key(args.api_key_file),
         docs=args.docs,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
         **{k: v for k, v in optional.items() if v is not None},  # None: the machine's default
     )
+    check_tls(config)  # before the engine loads: a bad certificate fails at once
     engine = _engine(args)
     try:
         estimator = None
@@ -702,6 +707,22 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
         help="require this bearer token (401 otherwise; default: $FSANET_API_KEY if set)",
     )
     p.add_argument("--docs", action="store_true", help="serve /docs and /redoc (Swagger UI)")
+    p.add_argument(
+        "--rate-limit",
+        type=_positive_float,
+        metavar="RPS",
+        help="requests per second per client address; past it 429 (default: no limit)",
+    )
+    p.add_argument(
+        "--rate-burst",
+        type=_positive,
+        metavar="N",
+        help="requests a client may send at once under --rate-limit (default: one second's)",
+    )
+    p.add_argument("--ssl-certfile", metavar="FILE", help="serve HTTPS: the PEM certificate chain")
+    p.add_argument(
+        "--ssl-keyfile", metavar="FILE", help="its private key (if not in the certificate file)"
+    )
 
 
 def _args_loadtest(p: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -40,12 +41,13 @@ class Server:
     port: int
     log: Path  # the server's stderr (a file: a pipe nobody reads could fill and block it)
     stdout: Path | None = None  # for servers whose stdout goes to a file
+    verify: ssl.SSLContext | bool = True  # HTTPS: what httpx trusts
 
     angles = staticmethod(angles)
     npy = staticmethod(npy)
 
     def client(self, timeout: float = 30.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
+        return httpx.Client(base_url=self.url, timeout=timeout, verify=self.verify)
 
     def post_crops(self, crops: np.ndarray, timeout: float = 30.0) -> httpx.Response:
         with self.client(timeout) as client:
@@ -54,7 +56,7 @@ class Server:
     def metric(self, sample: str) -> float:
         """One sample of /metrics, e.g. 'fsanet_requests_total{endpoint="/healthz",status="200"}'
         (0 when absent)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        text = httpx.get(f"{self.url}/metrics", timeout=10, verify=self.verify).text
         for line in text.splitlines():
             key, _, value = line.rpartition(" ")
             if key == sample:
@@ -75,25 +77,31 @@ class Server:
         return self.proc.returncode, self.log.read_text(errors="replace")
 
 
-def start_server(cli: list[str], artifact: Artifact, log: Path, *options: str) -> Server:
+def start_server(
+    cli: list[str],
+    artifact: Artifact,
+    log: Path,
+    *options: str,
+    verify: ssl.SSLContext | bool = True,
+) -> Server:
     """`fsanet serve --port 0` on 127.0.0.1 (`cli`: the root conftest's `cli_command`);
-    returns once /readyz answers 200."""
+    returns once /readyz answers 200 (over HTTPS, trusting `verify`, with --ssl-certfile)."""
     cmd = [*cli, "serve", "--engine", str(artifact.path), "--port", "0"]
     with log.open("w") as err:
         proc = subprocess.Popen([*cmd, *options], stdout=subprocess.PIPE, stderr=err, text=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + START_TIMEOUT_S
     line = proc.stdout.readline()  # "fsanet serve: listening on http://127.0.0.1:PORT"
-    match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+    match = re.search(r"(https?)://127\.0\.0\.1:(\d+)", line)
     if not match:
         proc.kill()
         proc.wait()
         pytest.fail(f"the server did not start: {line!r} {log.read_text()}")
-    port = int(match.group(1))
-    server = Server(proc, f"http://127.0.0.1:{port}", port, log)
+    scheme, port = match.group(1), int(match.group(2))
+    server = Server(proc, f"{scheme}://127.0.0.1:{port}", port, log, verify=verify)
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}/readyz", timeout=2, verify=verify).status_code == 200:
                 return server
         except httpx.TransportError:
             pass
@@ -131,9 +139,9 @@ def make_server(
     """Start a server with its own options; stopped at the end of the test."""
     started: list[Server] = []
 
-    def make(*options: str) -> Server:
+    def make(*options: str, verify: ssl.SSLContext | bool = True) -> Server:
         log = tmp_path / f"server{len(started)}.log"
-        srv = start_server(cli_command, fusion_artifact, log, *options)
+        srv = start_server(cli_command, fusion_artifact, log, *options, verify=verify)
         started.append(srv)
         return srv
 
@@ -162,11 +170,22 @@ serve(engine, ServeConfig(port=0, limits=limits, **options), estimator)
 
 
 def start_config_server(
-    artifact: Artifact, folder: Path, env: dict[str, str] | None = None, **options: object
+    artifact: Artifact,
+    folder: Path,
+    env: dict[str, str] | None = None,
+    nofile: int | None = None,
+    **options: object,
 ) -> Server:
+    """`nofile`: the server's open-file limit (as `ulimit -n`)."""
     import json
     import os
+    import resource
     import sys
+
+    def limit_files() -> None:  # runs in the child, before the server starts
+        if nofile is not None:
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
 
     out, log = folder / "stdout.log", folder / "stderr.log"
     with out.open("w") as o, log.open("w") as e:
@@ -176,6 +195,7 @@ def start_config_server(
             stderr=e,
             text=True,
             env={**os.environ, **(env or {})},
+            preexec_fn=limit_files if nofile is not None else None,
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline and proc.poll() is None:
@@ -202,13 +222,47 @@ def config_server(fusion_artifact: Artifact, tmp_path: Path) -> Iterator[Callabl
     """Start servers from `ServeConfig` keyword arguments; stopped at the end of the test."""
     started: list[Server] = []
 
-    def make(env: dict[str, str] | None = None, **options: object) -> Server:
+    def make(
+        env: dict[str, str] | None = None, nofile: int | None = None, **options: object
+    ) -> Server:
         folder = tmp_path / f"server{len(started)}"
         folder.mkdir()
-        srv = start_config_server(fusion_artifact, folder, env, **options)
+        srv = start_config_server(fusion_artifact, folder, env, nofile, **options)
         started.append(srv)
         return srv
 
     yield make
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def fuzzed(
+    cli_command: list[str], fusion_artifact: Artifact, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A server for the schema fuzzer (faces on), with small limits so that each case is cheap."""
+    srv = start_server(
+        cli_command,
+        fusion_artifact,
+        tmp_path_factory.mktemp("fuzz") / "server.log",
+        "--max-body-mb", "1",
+        "--max-crops", "8",
+        "--max-pixels", "1000000",
+        "--body-timeout", "2",
+        "--timeout", "5",
+    )  # fmt: skip
+    yield srv
+    srv.stop()
+
+
+def release_jpeg(shared: Path, name: str = "image00002.jpg") -> bytes:
+    """One photo of the AFLW2000 release (450 x 450, one face), as its JPEG bytes."""
+    import zipfile
+
+    with zipfile.ZipFile(shared / "datasets" / "AFLW2000-3D.zip") as z:
+        return z.read(f"AFLW2000/{name}")
+
+
+@pytest.fixture(scope="session")
+def face_jpeg(shared: Path) -> bytes:
+    return release_jpeg(shared)

@@ -60,7 +60,16 @@ from fsanet.serve.limits import (
     read_body,
 )
 from fsanet.serve.metrics import ServeMetrics
+from fsanet.serve.openapi import (
+    CROPS_ANSWER,
+    HEALTH_ANSWER,
+    IMAGE_ANSWER,
+    READY_ANSWER,
+    body,
+    responses,
+)
 from fsanet.serve.protocol import PARSER_ERROR, default_max_connections, limited_protocol
+from fsanet.serve.ratelimit import RateLimit, TokenBuckets
 
 if TYPE_CHECKING:
     from fsanet.engine import PoseEngine
@@ -95,6 +104,14 @@ class ServeConfig:
     max_header_bytes: int = 64 * 1024
     api_key: str | None = field(default=None, repr=False)  # bearer token; None: no auth
     docs: bool = False  # /docs and /redoc (Swagger UI loads its assets from a CDN)
+    # Per client address: `rate_limit` requests per second on average, `rate_burst` at once
+    # (default: one second's worth); past it 429 with Retry-After. None: no limit.
+    rate_limit: float | None = None
+    rate_burst: int | None = None
+    # TLS (HTTPS) through uvicorn: a PEM certificate chain and its private key (the key may
+    # also be in the certificate file).
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
     def __post_init__(self) -> None:
         # Limits checks its own fields. `not value > 0` also refuses NaN.
@@ -115,6 +132,16 @@ class ServeConfig:
             problems.append(f"max wait must be 0 or more, got {self.max_wait_ms:g} ms")
         if not (self.graceful_timeout_s >= 0 and math.isfinite(self.graceful_timeout_s)):
             problems.append(f"graceful timeout must be 0 or more, got {self.graceful_timeout_s:g}")
+        if self.rate_limit is not None and not (
+            self.rate_limit > 0 and math.isfinite(self.rate_limit)
+        ):
+            problems.append(f"rate limit must be positive, got {self.rate_limit:g}")
+        if self.rate_burst is not None and not self.rate_burst >= 1:
+            problems.append(f"rate burst must be 1 or more, got {self.rate_burst:g}")
+        if self.rate_burst is not None and self.rate_limit is None:
+            problems.append("a rate burst needs a rate limit")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            problems.append("a TLS key file needs a certificate file")
         if self.api_key is not None and not self.api_key:
             problems.append("the API key is empty")
         if not 0 <= self.port <= 65535:
@@ -282,26 +309,6 @@ class _Observe:
             metrics.latency.observe(time.perf_counter() - start, endpoint=endpoint)
 
 
-def _body_doc(*types: str, description: str) -> dict[str, Any]:
-    content: dict[str, Any] = {t: {"schema": {"type": "string", "format": "binary"}} for t in types}
-    if "application/json" in types:
-        content["application/json"] = {
-            "schema": {
-                "type": "object",
-                "properties": {"crops": {"type": "array", "description": "N x 64 x 64 x 3"}},
-                "required": ["crops"],
-            }
-        }
-    if "multipart/form-data" in types:
-        content["multipart/form-data"] = {
-            "schema": {
-                "type": "object",
-                "properties": {"image": {"type": "string", "format": "binary"}},
-            }
-        }
-    return {"requestBody": {"required": True, "description": description, "content": content}}
-
-
 def create_app(
     engine: PoseEngine, config: ServeConfig, estimator: HeadPoseEstimator | None = None
 ) -> FastAPI:
@@ -353,7 +360,8 @@ def create_app(
     @app.post(
         "/v1/pose/crops",
         summary="Angles for ready 64x64 BGR crops",
-        openapi_extra=_body_doc(
+        responses=responses({"application/json": CROPS_ANSWER}, post=True),
+        openapi_extra=body(
             "application/x-npy",
             "application/json",
             description="N x 64 x 64 x 3 BGR crops, uint8 or float32 0-255: an .npy file "
@@ -386,7 +394,8 @@ def create_app(
     @app.post(
         "/v1/pose",
         summary="Faces and their head pose in one image",
-        openapi_extra=_body_doc(
+        responses=responses({"application/json": IMAGE_ANSWER}, post=True),
+        openapi_extra=body(
             *IMAGE_TYPES,
             "multipart/form-data",
             description="A JPEG or PNG image: the raw body, or a multipart field 'image'.",
@@ -403,9 +412,10 @@ def create_app(
         loop = asyncio.get_running_loop()
         # The header walk of a JPEG can take a while for hostile ones: not on the event loop.
         width, height = await loop.run_in_executor(service.vision, checked_image_size, data, limits)
-        # The decoded image (and the detector's copies), then the crops: reserved before
-        # decoding, the image's part given back once the faces are cropped.
-        image_cost = width * height * 3 * 5 // 4
+        # The decoded image, then the crops: reserved before decoding, the image's part given
+        # back once the faces are cropped. The image counts twice: OpenCV's decoder holds a
+        # second full-size buffer at its peak (+217 MB for a 113 MB 7200x5500 JPEG).
+        image_cost = width * height * 3 * 2
         crops_cost = limits.max_crops * (CROP_BYTES + CROP_BYTES // 4)
         async with service.budget.reserve(len(body) + image_cost + crops_cost) as held:
             detections, crops = await loop.run_in_executor(
@@ -428,13 +438,21 @@ def create_app(
             }
         )
 
-    @app.get("/healthz", summary="Liveness: the process and its batcher run")
+    @app.get(
+        "/healthz",
+        summary="Liveness: the process and its batcher run",
+        responses=responses({"application/json": HEALTH_ANSWER}, guarded=False),
+    )
     async def healthz() -> Response:
         if not service.batcher.running and not service.draining:
             return _error(503, "the batcher is not running")
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz", summary="Readiness: the engine is loaded and requests are accepted")
+    @app.get(
+        "/readyz",
+        summary="Readiness: the engine is loaded and requests are accepted",
+        responses=responses({"application/json": READY_ANSWER}, guarded=False),
+    )
     async def readyz() -> Response:
         if service.draining or not service.batcher.running:
             return _error(503, "not ready (starting or shutting down)")
@@ -449,7 +467,12 @@ def create_app(
             }
         )
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses=responses({"text/plain": {"type": "string"}}),
+    )
     async def metrics() -> Response:
         return PlainTextResponse(
             service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
@@ -457,6 +480,13 @@ def create_app(
 
     if config.api_key is not None:
         app.add_middleware(BearerAuth, api_key=config.api_key)
+    if config.rate_limit is not None:  # outside auth: floods of wrong keys are limited too
+        burst = config.rate_burst or max(1, math.ceil(config.rate_limit))
+        app.add_middleware(
+            RateLimit,
+            buckets=TokenBuckets(config.rate_limit, burst),
+            count=lambda: service.metrics.rejected.inc(reason="rate_limited"),
+        )
     app.add_middleware(_Observe, service=service)  # outermost: counts 401s too
     return app
 
@@ -527,11 +557,13 @@ def serve(
     """Run the service until SIGINT/SIGTERM; shutdown lets requests in flight finish."""
     config = config or ServeConfig()
     engine.warm_up(config.max_batch)  # before listening: no request waits for it
+    check_tls(config)  # a bad certificate or key: one line now, not a traceback in uvicorn
     app = create_app(engine, config, estimator)
     sock = listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"fsanet serve: listening on http://{shown}:{port}", flush=True)
+    scheme = "https" if config.ssl_certfile else "http"
+    print(f"fsanet serve: listening on {scheme}://{shown}:{port}", flush=True)
     for line in startup_lines(engine.name, config, faces=estimator is not None, host=host):
         print(line, file=sys.stderr, flush=True)
     service: PoseService = app.state.service
@@ -549,12 +581,31 @@ def serve(
             access_log=config.access_log,
             timeout_graceful_shutdown=config.graceful_timeout_s,
             timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  (a float works)
+            ssl_certfile=config.ssl_certfile,
+            ssl_keyfile=config.ssl_keyfile,
         )
     )
     if config.access_log:  # uvicorn set its access logger to log_level: it logs at INFO
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     server.run(sockets=[sock])
     print("fsanet serve: stopped", file=sys.stderr, flush=True)
+
+
+def check_tls(config: ServeConfig) -> None:
+    """Load the certificate and key once, as uvicorn will, to refuse bad ones in one line."""
+    if config.ssl_certfile is None:
+        return
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile)
+    except FileNotFoundError as e:
+        raise FsanetError(f"TLS: {e.filename or config.ssl_certfile} does not exist") from None
+    except OSError as e:  # ssl.SSLError is an OSError: a damaged file or a key not matching
+        files = " / ".join(f for f in (config.ssl_certfile, config.ssl_keyfile) if f)
+        reason = getattr(e, "reason", None) or e.strerror or str(e)
+        raise FsanetError(f"TLS: cannot use the certificate and key {files}: {reason}") from None
 
 
 def startup_lines(engine_name: str, config: ServeConfig, *, faces: bool, host: str) -> list[str]:
@@ -571,6 +622,7 @@ def startup_lines(engine_name: str, config: ServeConfig, *, faces: bool, host: s
         f" headers <= {config.max_header_bytes // 1024} KiB; <= {config.max_connections}"
         f" connections; auth {'on' if config.api_key is not None else 'off'};"
         f" docs {'on' if config.docs else 'off'}",
+        f"  clients: rate {_rate(config)}; TLS {'on' if config.ssl_certfile else 'off'}",
     ]
     if config.api_key is None and not _is_loopback(host):
         lines.append(
@@ -578,6 +630,13 @@ def startup_lines(engine_name: str, config: ServeConfig, *, faces: bool, host: s
             "reach it can use this server (set FSANET_API_KEY or an API key file)"
         )
     return lines
+
+
+def _rate(config: ServeConfig) -> str:
+    if config.rate_limit is None:
+        return "unlimited"
+    burst = config.rate_burst or max(1, math.ceil(config.rate_limit))
+    return f"<= {config.rate_limit:g} requests/s per address (bursts of {burst})"
 
 
 def _is_loopback(host: str) -> bool:
