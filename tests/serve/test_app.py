@@ -105,11 +105,25 @@ def test_pose_image_raw_png_and_multipart_match_predict(server, shared, fusion_e
         assert response.status_code == 200, response.text
         data = response.json()
         assert (data["width"], data["height"], data["count"]) == (450, 450, 1)
+        assert (data["total"], data["truncated"]) == (1, False)
         (face,) = data["faces"]
         assert set(face) == {"box", "score", "yaw", "pitch", "roll", "landmarks"}
         for key in ("yaw", "pitch", "roll", "score"):
             assert face[key] == pytest.approx(expected[0][key], abs=0.011)
         assert np.allclose(face["box"], expected[0]["box"], atol=0.11)
+
+
+def test_more_faces_than_allowed_are_flagged(make_server, shared):
+    """Past --max-crops faces, the best are kept and the answer says how many were found."""
+    face = cv2.imdecode(np.frombuffer(jpeg_from_release(shared), np.uint8), cv2.IMREAD_COLOR)
+    mosaic = np.vstack([np.hstack([face, face])] * 2)  # four faces
+    srv = make_server("--max-crops", "2")
+    body = cv2.imencode(".jpg", mosaic)[1].tobytes()
+    with srv.client() as client:
+        response = client.post("/v1/pose", content=body, headers={"content-type": "image/jpeg"})
+    data = response.json()
+    assert response.status_code == 200, data
+    assert (data["count"], data["total"], data["truncated"]) == (2, 4, True)
 
 
 def test_pose_image_without_faces(server):

@@ -418,7 +418,7 @@ def create_app(
         image_cost = width * height * 3 * 2
         crops_cost = limits.max_crops * (CROP_BYTES + CROP_BYTES // 4)
         async with service.budget.reserve(len(body) + image_cost + crops_cost) as held:
-            detections, crops = await loop.run_in_executor(
+            detections, crops, total = await loop.run_in_executor(
                 service.vision, _decode_and_detect, service, data
             )
             held.shrink(image_cost)
@@ -434,6 +434,9 @@ def create_app(
                 "width": width,
                 "height": height,
                 "count": len(faces),
+                # Faces found; more than `count` when only the best `max_crops` were kept.
+                "total": total,
+                "truncated": total > len(faces),
                 "faces": [f.to_dict() for f in faces],
             }
         )
@@ -495,17 +498,19 @@ def _parse_crops_json(body: bytes, limits: Limits) -> np.ndarray:
     return check_crops(parse_crops_json(body, limits), limits)
 
 
-def _decode_and_detect(service: PoseService, data: bytes) -> tuple[list[Any], np.ndarray]:
-    """One job: the decoded image never waits in a queue, and is freed when it returns."""
+def _decode_and_detect(service: PoseService, data: bytes) -> tuple[list[Any], np.ndarray, int]:
+    """One job: the decoded image never waits in a queue, and is freed when it returns.
+    Returns the kept detections, their crops and how many faces were found."""
     from fsanet.vision.crop import crop_faces
 
     image = decode_image(data, service.limits)
     estimator = service.estimator
     assert estimator is not None
     # Best score first; keep at most `max_crops` faces so one image cannot flood the engine.
-    detections = estimator.detector.detect(image)[: service.limits.max_crops]
+    found = estimator.detector.detect(image)
+    detections = found[: service.limits.max_crops]
     crops = crop_faces(image, detections, estimator.crop, estimator.margin, estimator.normalize)
-    return detections, crops
+    return detections, crops, len(found)
 
 
 def _faces(detections: list[Any], angles: np.ndarray) -> list[Any]:

@@ -48,9 +48,11 @@ IMAGE_ANSWER = {
         "width": {"type": "integer", "minimum": 1},
         "height": {"type": "integer", "minimum": 1},
         "count": {"type": "integer", "minimum": 0},
+        "total": {"type": "integer", "minimum": 0},
+        "truncated": {"type": "boolean"},
         "faces": {"type": "array", "items": FACE_SCHEMA},
     },
-    "required": ["model", "width", "height", "count", "faces"],
+    "required": ["model", "width", "height", "count", "total", "truncated", "faces"],
 }
 HEALTH_ANSWER = {
     "type": "object",
