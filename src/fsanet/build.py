@@ -280,13 +280,16 @@ def build(options: BuildOptions, mirror: str | None = None, force: bool = False)
             return _build_one(options, sources, scheme, tried)
         except _OutsideBound as e:
             tried.append(e.attempt)
+    from fsanet.convert.precision import CALIBRATION_METHODS
+
+    others = [m for m in CALIBRATION_METHODS if m != options.calibration_method]
     bound = tried[-1]["bound"]
     deltas = ", ".join(f"{t['scheme']} {t['delta']:+.3f}°" for t in tried)
     raise BuildError(
         f"int8 on {options.backend} moves the fusion MAE outside its ±{bound}° bound on this CPU "
         f"({machine.model}, {machine.isa_class}) with every setting tried ({deltas}); nothing "
-        "was written: try --calibration-method entropy or percentile, the other backend, fp32, "
-        "or --precision auto"
+        f"was written: try --calibration-method {' or '.join(others)}, the other backend, "
+        "fp32, or --precision auto"
     )
 
 
