@@ -392,6 +392,37 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
     _emit(args, report.to_dict(), str(report))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from fsanet.artifact import Artifact
+    from fsanet.export import TritonOptions, export_triton
+    from fsanet.export.triton import check_options
+
+    options = TritonOptions(
+        name=args.name,
+        gpu=args.gpu,
+        fp16=args.fp16,
+        instances=args.instances,
+        max_batch=args.max_batch,
+        measure=args.measure,
+        measure_seconds=args.measure_seconds,
+    )
+    check_options(Path(args.out), options)  # before an engine is built: minutes, maybe
+    if args.engine:
+        if args.models:
+            raise FsanetError("give a model name or --engine DIR, not both")
+        artifact = Artifact.load(args.engine)
+    else:
+        from fsanet.build import build
+
+        if len(args.models) > 1:
+            raise FsanetError("export one model at a time: fusion, a variant, or --engine DIR")
+        artifact = build(_build_options(args), args.mirror)
+    export = export_triton(artifact, args.out, options)
+    _emit(args, export.to_dict(), str(export))
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -739,6 +770,40 @@ def _args_loadtest(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", metavar="PATH", help="AFLW2000 npz for the crops (cached)")
 
 
+def _args_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("format", choices=("triton",), help="triton: a Triton model repository")
+    p.add_argument("out", metavar="OUT", help="the model repository folder (created)")
+    _add_engine_options(p, "fusion (default), capsule, var or noS")
+    p.add_argument("--engine", metavar="DIR", help="an engine artifact directory to export")
+    p.add_argument("--name", help="the Triton model name (default: fsanet_<model>)")
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="KIND_GPU instances with ONNX Runtime's TensorRT accelerator (NVIDIA)",
+    )
+    p.add_argument("--fp16", action="store_true", help="with --gpu: TensorRT in fp16")
+    p.add_argument("--instances", type=_positive, default=1, help="model instances (1)")
+    p.add_argument(
+        "--max-batch",
+        type=_positive,
+        default=64,
+        help="max_batch_size: the most crops per request and per batch (64)",
+    )
+    p.add_argument(
+        "--no-measure",
+        dest="measure",
+        action="store_false",
+        help="skip measuring the batch curve; batch as `fsanet serve` does (32, 5 ms)",
+    )
+    p.add_argument(
+        "--measure-seconds",
+        type=_positive_float,
+        default=0.5,
+        metavar="SECONDS",
+        help="time per batch size when measuring the batch curve (0.5)",
+    )
+
+
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -772,6 +837,7 @@ COMMANDS: list[Command] = [
     ("bench", "throughput and latency per batch size, vs TensorFlow", cmd_bench, _args_bench),
     ("serve", "HTTP head-pose service with dynamic batching", cmd_serve, _args_serve),
     ("loadtest", "load a local `fsanet serve`: throughput, latency", cmd_loadtest, _args_loadtest),
+    ("export", "an engine as a Triton model repository", cmd_export, _args_export),
 ]
 
 
