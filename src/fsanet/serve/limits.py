@@ -12,7 +12,6 @@ import io
 import json
 import math
 import re
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -22,6 +21,8 @@ from numpy.lib import format as npy_format
 
 from fsanet.backends.base import check_images
 from fsanet.errors import FsanetError, InputError
+from fsanet.vision.imageio import PNG_SIGNATURE
+from fsanet.vision.imageio import image_size as header_size
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
 IMAGE_TYPES = ("image/jpeg", "image/png")
@@ -246,43 +247,15 @@ def _too_many(count: int, limits: Limits) -> str:
 
 
 def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a PNG or JPEG header, without decoding; 415 for other formats."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise HttpError(400, "damaged PNG header")
-        width, height = struct.unpack(">II", data[16:24])
-        return width, height
+    """(width, height) from a JPEG or PNG header (fsanet.vision.imageio), or a 4xx."""
+    size = header_size(data)
+    if size is not None:
+        return size
+    if data.startswith(PNG_SIGNATURE):
+        raise HttpError(400, "damaged PNG header")
     if data.startswith(b"\xff\xd8"):
-        return _jpeg_size(data)
+        raise HttpError(400, "damaged JPEG: no frame header")
     raise HttpError(415, "the image is neither JPEG nor PNG")
-
-
-# Start-of-frame markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            break
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        if marker in _SOF:
-            if i + 9 > len(data):
-                break
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return width, height
-        if marker == 0xDA or length < 2:  # scan data before any frame header
-            break
-        i += 2 + length
-    raise HttpError(400, "damaged JPEG: no frame header")
 
 
 def checked_image_size(data: bytes, limits: Limits) -> tuple[int, int]:
