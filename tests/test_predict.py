@@ -357,3 +357,19 @@ def test_cli_predict_rotation_and_smooth(
     assert len(frames) == 3 and all("raw" in r and len(r["rotation"]) == 3 for r in frames)
     with pytest.raises(SystemExit):  # argparse refuses a negative beta
         main([*argv, "--smooth", "--smooth-beta", "-1"])
+
+
+def test_cli_predict_detect_every_and_detect_size(
+    fusion_artifact: Artifact, shared: Path, tmp_path: Path
+) -> None:
+    video = _clip(shared, tmp_path / "clip.avi", 5)
+    jsonl = tmp_path / "out.jsonl"
+    argv = ["predict", str(video), "-q", "--jsonl", str(jsonl)]
+    assert main([*argv, "--detect-every", "2", "--detect-size", "200"]) == 0
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    # Frames 1 and 3 are carried: the same face, its track, its last score.
+    assert [r["frame"] for r in records] == [0, 1, 2, 3, 4]
+    assert {r["track"] for r in records} == {1}
+    assert records[1]["score"] == records[0]["score"] and records[1]["box"] == records[0]["box"]
+    with pytest.raises(SystemExit):  # argparse refuses a detector input under 64 pixels
+        main([*argv, "--detect-size", "32"])

@@ -223,10 +223,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from fsanet.api import load
     from fsanet.predict import HeadPoseEstimator, jsonl_writer, predict
     from fsanet.tracking import OneEuro
+    from fsanet.video import VideoOptions
 
     # JSON Lines go to stdout unless written elsewhere; the summary then goes to stderr.
     jsonl = args.jsonl or (None if args.output else "-")
     _check_outputs(args.output, jsonl)
+    video = VideoOptions(detect_every=args.detect_every, detect_size=args.detect_size)
     engine = load(
         args.engine or args.model,
         threads=args.threads,
@@ -253,6 +255,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             max_pixels=args.max_pixels,
             rotation=args.rotation,
             smooth=OneEuro(args.smooth_min_cutoff, args.smooth_beta) if args.smooth else None,
+            video=video,
         )
     text = json.dumps(summary.to_dict(), indent=2) if args.json else str(summary)
     print(text, file=sys.stderr if jsonl == "-" else sys.stdout)
@@ -285,6 +288,29 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from fsanet.bench import benchmark, check_plot_path, parse_batches
 
+    if args.end_to_end:  # whole predict runs on one video (fsanet.bench.endtoend)
+        from fsanet.api import load
+        from fsanet.bench.endtoend import bench_end_to_end
+        from fsanet.predict import HeadPoseEstimator
+        from fsanet.video import VideoOptions
+
+        if len(args.models) > 1:
+            raise FsanetError("--end-to-end runs one model: fusion, a variant or an engine")
+        options = VideoOptions(detect_every=args.detect_every, detect_size=args.detect_size)
+        engine = load(
+            args.models[0] if args.models else "fusion",
+            threads=args.threads,
+            mirror=args.mirror,
+            **_option_values(args),
+        )
+        with HeadPoseEstimator(engine, mirror=args.mirror) as estimator:
+            e2e = bench_end_to_end(
+                args.end_to_end,
+                estimator,
+                [options] if options.real_time else [],
+                max_frames=args.frames,
+            )
+        return _emit(args, e2e.to_dict(), str(e2e))
     batches = parse_batches(args.batch)
     if args.plot:
         check_plot_path(args.plot)  # fail now, not after minutes of measuring
@@ -638,6 +664,19 @@ def _args_predict(p: argparse.ArgumentParser) -> None:
         default=0.02,
         help="--smooth: how fast the cutoff opens in a turn, per degree/s (0.02)",
     )
+    p.add_argument(
+        "--detect-every",
+        type=_positive,
+        default=1,
+        metavar="K",
+        help="video: detect on every K-th frame, the tracker carrying the boxes between (1)",
+    )
+    p.add_argument(
+        "--detect-size",
+        type=_number(int, 64),
+        metavar="N",
+        help="video: detect on the frame scaled to N pixels on its long side (full size)",
+    )
     _add_face_options(p, "0.5")
 
 
@@ -674,6 +713,26 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
         "AFLW2000 set if there, else random)",
     )
     p.add_argument("--no-peak", dest="peak", action="store_false", help="skip the matmul peak")
+    p.add_argument(
+        "--end-to-end",
+        metavar="VIDEO",
+        help="whole `fsanet predict` runs on VIDEO, side by side: frames/s, time per stage, "
+        "latency; sequential, pipelined, and with --detect-every/--detect-size if given",
+    )
+    p.add_argument("--frames", type=_positive, help="--end-to-end: the first N frames")
+    p.add_argument(
+        "--detect-every",
+        type=_positive,
+        default=1,
+        metavar="K",
+        help="video: detect on every K-th frame, the tracker carrying the boxes between (1)",
+    )
+    p.add_argument(
+        "--detect-size",
+        type=_number(int, 64),
+        metavar="N",
+        help="video: detect on the frame scaled to N pixels on its long side (full size)",
+    )
 
 
 def _args_serve(p: argparse.ArgumentParser) -> None:

@@ -3,7 +3,8 @@
 `HeadPoseEstimator` is the Python API (a BGR image in, a list of `Face` out);
 `predict` runs it over images, folders, video files and cameras, writing JSON Lines,
 annotated images/videos and returning a `PredictSummary`. In video, faces carry a track id
-(`fsanet.tracking`) and, with `smooth`, One Euro filtered angles. The angle convention and
+(`fsanet.tracking`) and, with `smooth`, One Euro filtered angles; decode, detection and
+pose run as a pipeline (`fsanet.video`). The angle convention and
 `Face.rotation_matrix` are in docs/CONVENTIONS.md.
 """
 
@@ -14,7 +15,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -25,7 +26,8 @@ import numpy as np
 from fsanet import progress
 from fsanet.errors import FsanetError
 from fsanet.files import atomic_path, writing
-from fsanet.tracking import FaceTracks, OneEuro
+from fsanet.tracking import OneEuro
+from fsanet.video import FaceStages, VideoFrame, VideoOptions, decoded, video_frames
 from fsanet.vision.crop import CROP_RULES, DEFAULT_RULE, MARGIN, crop_faces
 from fsanet.vision.detect import Detection, Detector, YuNet, check_image
 from fsanet.vision.draw import draw_face
@@ -402,10 +404,15 @@ def predict(
     max_pixels: int = MAX_PIXELS,
     rotation: bool = False,
     smooth: OneEuro | None = None,
+    video: VideoOptions | None = None,
+    on_frame: Callable[[VideoFrame], None] | None = None,
 ) -> PredictSummary:
     """Run `estimator` over every source; files that cannot be read, or images of more than
     `max_pixels`, are reported and skipped. `rotation` adds each face's 3x3 rotation matrix
     to its record; `smooth` filters each video track's angles (raw values kept as `raw`).
+    `video` says how video runs (default: pipelined, every frame, full size; see
+    `fsanet.video`); `on_frame` is called with each video frame once written, its stage
+    times in `frame.seconds`.
 
     Raises FsanetError if a path does not exist, if the paths hold no image or video, or if
     no source at all could be read.
@@ -441,7 +448,18 @@ def predict(
                 summary.outputs.append(str(target))
             bar.set_postfix(fps=f"{summary.images / (time.perf_counter() - start):.1f}")
     for source in (s for s in sources if s.kind != "image"):
-        _run_video(source, estimator, summary, out_dir, jsonl, max_frames, rotation, smooth)
+        _run_video(
+            source,
+            estimator,
+            summary,
+            out_dir,
+            jsonl,
+            max_frames,
+            rotation,
+            smooth,
+            video,
+            on_frame,
+        )
     summary.seconds = time.perf_counter() - start
     if len(summary.failed) == len(sources):
         raise FsanetError(f"no input could be read ({len(sources)} tried)")
@@ -476,16 +494,6 @@ def _emit(jsonl: IO[str] | None, records: list[dict[str, Any]]) -> None:
             jsonl.write(json.dumps(record) + "\n")
 
 
-def _frames(capture: cv2.VideoCapture, max_frames: int | None) -> Iterator[np.ndarray]:
-    count = 0
-    while max_frames is None or count < max_frames:
-        ok, frame = capture.read()
-        if not ok:
-            return
-        count += 1
-        yield frame
-
-
 def _run_video(
     source: Source,
     estimator: HeadPoseEstimator,
@@ -495,6 +503,8 @@ def _run_video(
     max_frames: int | None,
     rotation: bool = False,
     smooth: OneEuro | None = None,
+    options: VideoOptions | None = None,
+    on_frame: Callable[[VideoFrame], None] | None = None,
 ) -> None:
     camera = source.kind == "camera"
     capture = cv2.VideoCapture(int(source.location) if camera else source.location)
@@ -511,32 +521,44 @@ def _run_video(
         if not camera and Path(source.name).suffix.lower() != ".mp4":
             print(f"fsanet: note: {source.location} is written as {target} (mp4v)", file=sys.stderr)
     frames_before = summary.frames
-    tracks = FaceTracks(smooth)  # ids start at 1 in every video
+    stages = FaceStages(estimator, options or VideoOptions(), smooth)
+    frames = video_frames(
+        decoded(capture.read, fps, camera=camera, max_frames=max_frames), stages, camera=camera
+    )
     try:
         with (
             _VideoOut(target, fps, camera) as writer,
             progress.bar(total=total or None, desc=source.name, unit="frame") as bar,
         ):
             start = time.perf_counter()
-            for index, frame in enumerate(_frames(capture, max_frames)):
-                # A file's frame time is its place in the stream; a camera's, the clock.
-                now = time.perf_counter() - start if camera else index / fps
-                detected = estimator(frame)
-                _note_truncated(summary, source, detected, index)
-                faces = tracks.update(detected, now)
+            for done, frame in enumerate(frames, 1):
+                written = time.perf_counter()
+                if frame.detections is not None:
+                    found = Faces(frame.faces, total=frame.total)
+                    _note_truncated(summary, source, found, frame.index)
+                faces = frame.faces
                 summary.frames += 1
                 summary.faces += len(faces)
                 _emit(
                     jsonl,
-                    [_record(source, index, i, f, now, rotation) for i, f in enumerate(faces)],
+                    [
+                        _record(source, frame.index, i, f, frame.time, rotation)
+                        for i, f in enumerate(faces)
+                    ],
                 )
-                writer.write(annotate(frame, faces))
+                writer.write(annotate(frame.image, faces))
+                end = time.perf_counter()
+                frame.seconds["write"] = end - written
+                frame.seconds["latency"] = end - frame.started
+                if on_frame is not None:
+                    on_frame(frame)
                 bar.update()
-                bar.set_postfix(fps=f"{(index + 1) / (time.perf_counter() - start):.1f}")
+                bar.set_postfix(fps=f"{done / (end - start):.1f}")
     except KeyboardInterrupt:
         if not camera:
             raise  # a camera runs until stopped; a file stopped early is an interruption
     finally:
+        frames.close()  # every stage thread stopped before the capture goes
         capture.release()
     read = summary.frames - frames_before
     if read == 0:

@@ -110,3 +110,30 @@ def test_face_tracks_set_ids_and_keep_raw_angles_when_smoothing() -> None:
     for i in range(20):  # the track ends: its filter goes with it
         smooth.update([], 1 + i / 30)
     assert smooth._filters == {}
+
+
+def test_carried_boxes_follow_the_motion_and_the_next_detection_keeps_the_id() -> None:
+    tracker = IouTracker()
+    for t in range(3):  # learns 10 px per frame to the right
+        assert tracker.update([(100 + 10 * t, 50, 40, 40)]) == [1]
+    carried = [tracker.carry() for _ in range(4)]  # frames 3-6 without detection
+    assert [c[0][0] for c in carried] == [1, 1, 1, 1]
+    assert [round(c[0][1][0]) for c in carried] == [130, 140, 150, 160]
+    # The detection of frame 7 matches the carried box and the speed is kept per frame.
+    assert tracker.update([(170, 50, 40, 40)]) == [1]
+    assert round(tracker.carry()[0][1][0]) == 180
+    # A track missed at a detection is lost: not carried.
+    assert tracker.update([]) == [] and tracker.carry() == []
+
+
+def test_face_tracks_carry_landmarks_with_the_box() -> None:
+    tracks = FaceTracks()
+    marks = ((110.0, 60.0), (130.0, 60.0), (120.0, 70.0), (112.0, 80.0), (128.0, 80.0))
+    for t in range(2):
+        moved = tuple((x + 10 * t, y) for x, y in marks)
+        tracks.update([Face((100 + 10 * t, 50, 40, 40), 0.9, 1, 2, 3, moved)], t / 10)
+    ((track, detection),) = tracks.carried()
+    assert track == 1 and detection.score == 0.9
+    assert detection.box == (120, 50, 40, 40)
+    assert detection.landmarks is not None
+    assert np.allclose(detection.landmarks, np.add(marks, (20, 0)))

@@ -14,6 +14,10 @@ score threshold are the easy case of multi-object tracking, so the rule below is
    overlap, but the face is still the nearest one of its size.
 4. A detection left over starts a new track (every face gets an id at once); a track not
    seen for more than `max_age` frames ends. Ids count up from 1 and are never reused.
+
+Between detections (`--detect-every K`), `carry()` moves every track seen at the last
+detection on by its velocity, one frame at a time; the next `update` compares the
+detections with those carried boxes and measures the velocity over the whole gap.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ class _Track:
     id: int
     box: np.ndarray  # x, y, w, h where it was last seen
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # per frame
-    misses: int = 0  # frames since it was last seen
+    misses: int = 0  # detection frames since it was last seen
     hits: int = 1
+    carried: int = 0  # frames carried by carry() since it was last seen
 
 
 class IouTracker:
@@ -89,17 +94,32 @@ class IouTracker:
             self._next_id += 1
         return [i for i in ids if i is not None]
 
+    def carry(self) -> list[tuple[int, tuple[float, float, float, float]]]:
+        """A frame without detection: (id, predicted box) of every track seen at the last
+        detection, moved on one frame by its velocity. Lost tracks are not carried."""
+        out = []
+        for track in self._tracks:
+            if track.misses == 0:
+                track.carried += 1
+                box = self._at(track, track.carried)
+                out.append((track.id, (float(box[0]), float(box[1]), float(box[2]), float(box[3]))))
+        return out
+
     def _predict(self, track: _Track) -> np.ndarray:
-        steps = min(track.misses + 1, self.max_extrapolate)
+        # Carried frames follow the motion model in full; only misses are capped.
+        return self._at(track, track.carried + min(track.misses + 1, self.max_extrapolate))
+
+    @staticmethod
+    def _at(track: _Track, steps: int) -> np.ndarray:
         box = track.box + track.velocity * steps
         box[2:] = np.maximum(box[2:], 1.0)
         return box
 
     def _follow(self, track: _Track, box: np.ndarray) -> None:
-        step = (box - track.box) / (track.misses + 1)
+        step = (box - track.box) / (track.misses + track.carried + 1)
         w = self.velocity_weight if track.hits > 1 else 1.0
         track.velocity = w * step + (1.0 - w) * track.velocity
-        track.box, track.misses, track.hits = box.copy(), 0, track.hits + 1
+        track.box, track.misses, track.hits, track.carried = box.copy(), 0, track.hits + 1, 0
 
     def _by_iou(self, tracks: np.ndarray, dets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         iou = iou_matrix(tracks, dets)

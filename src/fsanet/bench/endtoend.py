@@ -1,0 +1,243 @@
+"""`fsanet bench --end-to-end VIDEO`: whole `fsanet predict` runs on one video, side by side.
+
+Each run is what `fsanet predict VIDEO --jsonl FILE` does (records written to the null
+device, no annotated video): the sequential path (every frame, full size, one stage after
+another: the reference), the pipelined path, and the pipelined path with the real-time
+options when given. Per run: frames/s, the mean time per frame of every stage (decode,
+detect, crop, pose, write; pipelined, stages overlap, so they add up to more than the
+wall time), per-frame latency percentiles (from the start of a frame's decode to its
+records written), and against the reference the mean |change| of yaw, pitch and roll
+over the faces matched frame by frame (IoU >= 0.5), the share of its faces matched and
+the longest run of frames a reference face went without a match.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from fsanet.bench.stats import LatencyStats
+from fsanet.errors import FsanetError
+from fsanet.machine import this_machine
+from fsanet.tracking.boxes import iou_matrix
+from fsanet.video import STAGES, VideoFrame, VideoOptions
+
+if TYPE_CHECKING:
+    from fsanet.predict import HeadPoseEstimator
+
+MATCH_IOU = 0.5  # the same face in two runs: boxes from one detector barely move
+WARMUP_FRAMES = 5  # the engine's and detector's first calls are slow: not timed
+
+# frame -> [(track, box, (yaw, pitch, roll))]
+_Faces = dict[int, list[tuple[int, tuple[float, ...], tuple[float, float, float]]]]
+
+
+@dataclass(frozen=True)
+class AngleChange:
+    """A run's angles against the reference run's, on the faces both found."""
+
+    yaw: float  # mean |change|, degrees
+    pitch: float
+    roll: float
+    worst_track: float  # the largest mean |change| of one reference track (three angles)
+    matched: float  # share of the reference's faces matched
+    longest_gap: int  # most consecutive frames one reference face went unmatched
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "yaw": round(self.yaw, 3),
+            "pitch": round(self.pitch, 3),
+            "roll": round(self.roll, 3),
+            "worst_track": round(self.worst_track, 3),
+            "matched": round(self.matched, 4),
+            "longest_gap": self.longest_gap,
+        }
+
+
+@dataclass(frozen=True)
+class EndToEndRun:
+    options: VideoOptions
+    frames: int
+    faces: int
+    seconds: float
+    stages: dict[str, float]  # mean ms per frame
+    latency: LatencyStats
+    change: AngleChange | None  # None for the reference itself
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.options.describe(),
+            "detect_every": self.options.detect_every,
+            "detect_size": self.options.detect_size,
+            "pipelined": self.options.pipelined,
+            "frames": self.frames,
+            "faces": self.faces,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 2),
+            "stage_ms": {k: round(v, 3) for k, v in self.stages.items()},
+            "latency_ms": self.latency.to_dict(2),
+            "change_vs_reference": None if self.change is None else self.change.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class EndToEndVideoReport:
+    video: str
+    size: tuple[int, int]  # width, height
+    engine: str
+    machine: str
+    runs: list[EndToEndRun]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "video": self.video,
+            "size": list(self.size),
+            "engine": self.engine,
+            "machine": self.machine,
+            "runs": [r.to_dict() for r in self.runs],
+        }
+
+    def __str__(self) -> str:
+        ref = self.runs[0]
+        lines = [
+            f"fsanet bench --end-to-end {self.video} ({self.size[0]}x{self.size[1]}, "
+            f"{ref.frames} frames, {ref.faces / max(ref.frames, 1):.1f} faces/frame)",
+            f"engine: {self.engine}; machine: {self.machine}",
+            "",
+            f"{'run':<44}{'frames/s':>9}{'x':>6}"
+            + "".join(f"{s:>8}" for s in STAGES)
+            + f"{'p50':>8}{'p90':>8}{'p99':>8}",
+            f"{'':<44}{'':>9}{'':>6}{'ms/frame per stage':>40}{'latency ms':>24}",
+        ]
+        for run in self.runs:
+            lines.append(
+                f"{run.options.describe():<44}{run.fps:>9.1f}{run.fps / ref.fps:>6.2f}"
+                + "".join(f"{run.stages.get(s, 0.0):>8.2f}" for s in STAGES)
+                + f"{run.latency.p50:>8.1f}{run.latency.p90:>8.1f}{run.latency.p99:>8.1f}"
+            )
+        changed = [r for r in self.runs if r.change is not None and r.options.real_time]
+        if changed:
+            lines += ["", f"angles against '{ref.options.describe()}' (faces matched by IoU):"]
+            for run in changed:
+                c = run.change
+                assert c is not None
+                lines.append(
+                    f"{run.options.describe():<44} mean |change| yaw {c.yaw:.2f}, pitch "
+                    f"{c.pitch:.2f}, roll {c.roll:.2f} deg (worst track {c.worst_track:.2f}); "
+                    f"{100 * c.matched:.1f}% of faces matched, longest gap {c.longest_gap}"
+                )
+        return "\n".join(lines)
+
+
+def bench_end_to_end(
+    video: str | Path,
+    estimator: HeadPoseEstimator,
+    options: list[VideoOptions] | None = None,
+    *,
+    max_frames: int | None = None,
+) -> EndToEndVideoReport:
+    """Run `video` sequentially (the reference), pipelined, then with each of `options`."""
+    import cv2
+
+    from fsanet.predict import predict
+
+    capture = cv2.VideoCapture(str(video))
+    opened = capture.isOpened()
+    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    capture.release()
+    if not opened or not Path(video).is_file():
+        raise FsanetError(f"{video} cannot be opened as a video")
+    plans = [VideoOptions(pipelined=False), VideoOptions()]
+    plans += [o for o in options or [] if o not in plans]
+    with open(os.devnull, "w", encoding="utf-8") as null:
+        predict([str(video)], estimator, jsonl=null, max_frames=WARMUP_FRAMES)
+        runs: list[EndToEndRun] = []
+        reference: _Faces | None = None
+        for plan in plans:
+            seen: list[VideoFrame] = []
+            start = time.perf_counter()
+            summary = predict(
+                [str(video)], estimator, jsonl=null, max_frames=max_frames, video=plan,
+                on_frame=seen.append,
+            )  # fmt: skip
+            seconds = time.perf_counter() - start
+            faces = _faces(seen)
+            reference = faces if reference is None else reference
+            runs.append(
+                EndToEndRun(
+                    plan,
+                    summary.frames,
+                    summary.faces,
+                    seconds,
+                    {s: 1e3 * sum(f.seconds.get(s, 0.0) for f in seen) / len(seen) for s in STAGES},
+                    LatencyStats.from_seconds([f.seconds["latency"] for f in seen]),
+                    None if not runs else angle_change(reference, faces),
+                )
+            )
+    e = estimator.engine
+    engine = " ".join(str(getattr(e, k, "")) for k in ("name", "backend", "precision")).strip()
+    return EndToEndVideoReport(
+        str(video), size, engine or type(e).__name__, str(this_machine()), runs
+    )
+
+
+def _faces(frames: list[VideoFrame]) -> _Faces:
+    return {
+        f.index: [
+            (face.track or 0, face.box, (face.yaw, face.pitch, face.roll)) for face in f.faces
+        ]
+        for f in frames
+    }
+
+
+def angle_change(reference: _Faces, run: _Faces) -> AngleChange:
+    """Faces of `run` matched to `reference`'s frame by frame (Hungarian on IoU)."""
+    diffs: list[np.ndarray] = []
+    per_track: dict[int, list[float]] = {}
+    missing: dict[int, list[int]] = {}  # reference track -> frames it went unmatched
+    total = 0
+    for frame, ref_faces in reference.items():
+        total += len(ref_faces)
+        got = run.get(frame, [])
+        matched: set[int] = set()
+        if ref_faces and got:
+            iou = iou_matrix([f[1] for f in ref_faces], [f[1] for f in got])
+            rows, cols = linear_sum_assignment(-iou)
+            for r, c in zip(rows, cols, strict=True):
+                if iou[r, c] >= MATCH_IOU:
+                    d = np.abs(np.subtract(ref_faces[r][2], got[c][2]))
+                    diffs.append(d)
+                    per_track.setdefault(ref_faces[r][0], []).append(float(d.mean()))
+                    matched.add(r)
+        for r, face in enumerate(ref_faces):
+            if r not in matched:
+                missing.setdefault(face[0], []).append(frame)
+    mean = np.mean(diffs, axis=0) if diffs else np.full(3, np.nan)
+    worst = max((float(np.mean(v)) for v in per_track.values()), default=float("nan"))
+    return AngleChange(
+        float(mean[0]),
+        float(mean[1]),
+        float(mean[2]),
+        worst,
+        len(diffs) / total if total else 1.0,
+        max((_longest_run(v) for v in missing.values()), default=0),
+    )
+
+
+def _longest_run(frames: list[int]) -> int:
+    best = run = 0
+    previous = None
+    for frame in sorted(frames):
+        run = run + 1 if previous is not None and frame == previous + 1 else 1
+        best, previous = max(best, run), frame
+    return best

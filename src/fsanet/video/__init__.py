@@ -1,0 +1,17 @@
+"""Video through a pipeline: decode, detection and pose overlapping across the cores."""
+
+from fsanet.video.handoff import Bounded, Closed, Latest, background
+from fsanet.video.run import STAGES, FaceStages, VideoFrame, VideoOptions, decoded, video_frames
+
+__all__ = [
+    "STAGES",
+    "Bounded",
+    "Closed",
+    "FaceStages",
+    "Latest",
+    "VideoFrame",
+    "VideoOptions",
+    "background",
+    "decoded",
+    "video_frames",
+]
