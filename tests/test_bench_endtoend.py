@@ -67,3 +67,22 @@ def test_cli_bench_end_to_end_refuses_a_missing_video_and_bad_options(
     assert "cannot be opened as a video" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--end-to-end", "x.mp4", "--detect-size", "10"])
+
+
+@pytest.mark.real
+def test_cli_bench_end_to_end_ablate_runs_each_piece_with_records_unchanged(
+    fusion_artifact: Artifact, shared: Path, capsys: pytest.CaptureFixture
+) -> None:
+    clip = shared / "videos" / "talking-head.mp4"
+    argv = ["bench", "--end-to-end", str(clip), "--frames", "6", "--ablate", "--json", "-q"]
+    assert main(argv) == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert [r["run"] for r in runs] == [
+        "sequential",
+        "pipelined, 1 frame per engine call",
+        "pipelined",
+        "pipelined, cores split",
+    ]
+    for run in runs[1:]:
+        same = run["change_vs_reference"]
+        assert same["yaw"] == same["pitch"] == same["roll"] == 0.0 and same["matched"] == 1.0

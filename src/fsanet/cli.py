@@ -309,6 +309,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
                 estimator,
                 [options] if options.real_time else [],
                 max_frames=args.frames,
+                ablate=args.ablate,
             )
         return _emit(args, e2e.to_dict(), str(e2e))
     batches = parse_batches(args.batch)
@@ -720,6 +721,12 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
         "latency; sequential, pipelined, and with --detect-every/--detect-size if given",
     )
     p.add_argument("--frames", type=_positive, help="--end-to-end: the first N frames")
+    p.add_argument(
+        "--ablate",
+        action="store_true",
+        help="--end-to-end: each pipelined run also with one frame per engine call, and with "
+        "the cores split between detector and engine (what each piece gives)",
+    )
     p.add_argument(
         "--detect-every",
         type=_positive,

@@ -50,6 +50,11 @@ class PoseEngine:
         return [v for part in self._parts for v in part.outputs if v != FUSION]
 
     @property
+    def runners(self) -> list[Runner]:
+        """One runner per model file (for tools that set how they use the cores)."""
+        return [part.runner for part in self._parts]
+
+    @property
     def model_files(self) -> list[Path]:
         """The model file each runner loads (ONNX files, or TensorFlow frozen graphs)."""
         return [part.runner.model_path for part in self._parts]

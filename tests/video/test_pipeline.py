@@ -6,12 +6,16 @@ import io
 import json
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
+from fsanet.backends.base import available_cpus
 from fsanet.engine import PoseEngine
 from fsanet.errors import FsanetError
 from fsanet.predict import HeadPoseEstimator, predict
-from fsanet.video import VideoFrame, VideoOptions
+from fsanet.tracking import OneEuro
+from fsanet.video import FaceStages, VideoFrame, VideoOptions, core_split, video_frames
 
 pytestmark = pytest.mark.real
 
@@ -82,3 +86,91 @@ def test_video_options_are_checked() -> None:
     assert VideoOptions(detect_every=3, detect_size=640).describe() == (
         "pipelined, detect every 3, detect at 640 px"
     )
+    assert VideoOptions(split_cores=True, batch_frames=1).describe() == (
+        "pipelined, cores split, 1 frame per engine call"
+    )
+    with pytest.raises(FsanetError, match="crops per engine call must be at least 1"):
+        VideoOptions(batch_crops=0)
+
+
+def test_core_split_halves_the_cores_with_the_odd_one_to_the_engine() -> None:
+    assert core_split(1) == (1, 1)
+    assert core_split(2) == (1, 1)
+    assert core_split(3) == (1, 2)
+    assert core_split(16) == (8, 8)
+
+
+class _Counting:
+    """The real engine, recording the crops of each call."""
+
+    def __init__(self, engine: PoseEngine) -> None:
+        self.engine, self.calls = engine, []
+
+    def __call__(self, crops):
+        self.calls.append(len(crops))
+        return self.engine(crops)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_files_frames_share_engine_calls_with_records_unchanged(
+    fusion_engine: PoseEngine, shared: Path
+) -> None:
+    clip = shared / "videos" / "classroom.mp4"  # ~7 faces a frame
+    counting = _Counting(fusion_engine)
+    estimator = HeadPoseEstimator(counting)  # type: ignore[arg-type]
+
+    def run(options: VideoOptions) -> list[str]:
+        out = io.StringIO()
+        predict(
+            [str(clip)], estimator, jsonl=out, max_frames=FRAMES, video=options,
+            smooth=OneEuro(), rotation=True,
+        )  # fmt: skip
+        return out.getvalue().splitlines()
+
+    one = run(VideoOptions(pipelined=False, detect_every=3))
+    assert counting.calls == [len([r for r in one if f'"frame": {i},' in r]) for i in range(FRAMES)]
+    counting.calls.clear()
+    many = run(VideoOptions(detect_every=3, batch_frames=4, batch_crops=20))
+    assert many == one  # smoothed, carried and batched: the same records, in order
+    # At most 20 crops a call (a frame never cut), fewer calls than frames
+    assert sum(counting.calls) == len(one) and max(counting.calls) <= 20
+    assert len(counting.calls) < FRAMES
+
+
+def test_the_pipeline_shares_the_cores_while_it_runs_and_puts_them_back(
+    estimator: HeadPoseEstimator, shared: Path
+) -> None:
+    clip = shared / "videos" / "talking-head.mp4"
+    runners = [p.runner for p in estimator.engine._parts]
+    before = (cv2.getNumThreads(), [r.threads for r in runners])
+    during: list[tuple[int, list[int]]] = []
+
+    def look(frame: VideoFrame) -> None:
+        during.append((cv2.getNumThreads(), [r.threads for r in runners]))
+
+    split = VideoOptions(split_cores=True)
+    predict([str(clip)], estimator, max_frames=3, video=split, on_frame=look)
+    detect, engine = core_split(available_cpus())
+    assert during[0] == (detect, [min(t, engine) for t in before[1]])
+    assert (cv2.getNumThreads(), [r.threads for r in runners]) == before
+    # Without the split, and sequentially, nothing is changed
+    options = [VideoOptions(), VideoOptions(pipelined=False, split_cores=True)]
+    for option in options:
+        during.clear()
+        predict([str(clip)], estimator, max_frames=2, video=option, on_frame=look)
+        assert during and all(d == before for d in during)
+
+
+def test_a_failing_stage_still_puts_the_cores_back(estimator: HeadPoseEstimator) -> None:
+    before = cv2.getNumThreads()
+    stages = FaceStages(estimator, VideoOptions(split_cores=True))
+
+    def frames():
+        yield VideoFrame(0, np.zeros((64, 64, 3), np.uint8), 0.0, 0.0)
+        raise RuntimeError("decoder broke")
+
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        list(video_frames(frames(), stages))
+    assert cv2.getNumThreads() == before

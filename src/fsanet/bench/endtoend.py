@@ -9,13 +9,17 @@ wall time), per-frame latency percentiles (from the start of a frame's decode to
 records written), and against the reference the mean |change| of yaw, pitch and roll
 over the faces matched frame by frame (IoU >= 0.5), the share of its faces matched and
 the longest run of frames a reference face went without a match.
+
+With `ablate`, every pipelined run is made three ways, side by side: one frame per
+engine call (the pipeline as first built), a file's frames batched (the default), and
+batched with the cores split between detector and engine (`VideoOptions.split_cores`).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,19 +113,20 @@ class EndToEndVideoReport:
 
     def __str__(self) -> str:
         ref = self.runs[0]
+        width = max(44, *(len(r.options.describe()) + 2 for r in self.runs))
         lines = [
             f"fsanet bench --end-to-end {self.video} ({self.size[0]}x{self.size[1]}, "
             f"{ref.frames} frames, {ref.faces / max(ref.frames, 1):.1f} faces/frame)",
             f"engine: {self.engine}; machine: {self.machine}",
             "",
-            f"{'run':<44}{'frames/s':>9}{'x':>6}"
+            f"{'run':<{width}}{'frames/s':>9}{'x':>6}"
             + "".join(f"{s:>8}" for s in STAGES)
             + f"{'p50':>8}{'p90':>8}{'p99':>8}",
-            f"{'':<44}{'':>9}{'':>6}{'ms/frame per stage':>40}{'latency ms':>24}",
+            f"{'':<{width}}{'':>9}{'':>6}{'ms/frame per stage':>40}{'latency ms':>24}",
         ]
         for run in self.runs:
             lines.append(
-                f"{run.options.describe():<44}{run.fps:>9.1f}{run.fps / ref.fps:>6.2f}"
+                f"{run.options.describe():<{width}}{run.fps:>9.1f}{run.fps / ref.fps:>6.2f}"
                 + "".join(f"{run.stages.get(s, 0.0):>8.2f}" for s in STAGES)
                 + f"{run.latency.p50:>8.1f}{run.latency.p90:>8.1f}{run.latency.p99:>8.1f}"
             )
@@ -132,7 +137,7 @@ class EndToEndVideoReport:
                 c = run.change
                 assert c is not None
                 lines.append(
-                    f"{run.options.describe():<44} mean |change| yaw {c.yaw:.2f}, pitch "
+                    f"{run.options.describe():<{width}} mean |change| yaw {c.yaw:.2f}, pitch "
                     f"{c.pitch:.2f}, roll {c.roll:.2f} deg (worst track {c.worst_track:.2f}); "
                     f"{100 * c.matched:.1f}% of faces matched, longest gap {c.longest_gap}"
                 )
@@ -145,8 +150,11 @@ def bench_end_to_end(
     options: list[VideoOptions] | None = None,
     *,
     max_frames: int | None = None,
+    ablate: bool = False,
 ) -> EndToEndVideoReport:
-    """Run `video` sequentially (the reference), pipelined, then with each of `options`."""
+    """Run `video` sequentially (the reference), pipelined, then with each of `options`;
+    with `ablate`, each pipelined run also with one frame per engine call and with the
+    cores split between the stages."""
     import cv2
 
     from fsanet.predict import predict
@@ -159,6 +167,16 @@ def bench_end_to_end(
         raise FsanetError(f"{video} cannot be opened as a video")
     plans = [VideoOptions(pipelined=False), VideoOptions()]
     plans += [o for o in options or [] if o not in plans]
+    if ablate:
+        plans = [
+            step
+            for plan in plans
+            for step in (
+                [replace(plan, batch_frames=1), plan, replace(plan, split_cores=True)]
+                if plan.pipelined
+                else [plan]
+            )
+        ]
     with open(os.devnull, "w", encoding="utf-8") as null:
         predict([str(video)], estimator, jsonl=null, max_frames=WARMUP_FRAMES)
         runs: list[EndToEndRun] = []

@@ -1,7 +1,16 @@
 """Video through a pipeline: decode, detection and pose overlapping across the cores."""
 
 from fsanet.video.handoff import Bounded, Closed, Latest, background
-from fsanet.video.run import STAGES, FaceStages, VideoFrame, VideoOptions, decoded, video_frames
+from fsanet.video.run import (
+    STAGES,
+    FaceStages,
+    ThreadShares,
+    VideoFrame,
+    VideoOptions,
+    core_split,
+    decoded,
+    video_frames,
+)
 
 __all__ = [
     "STAGES",
@@ -9,9 +18,11 @@ __all__ = [
     "Closed",
     "FaceStages",
     "Latest",
+    "ThreadShares",
     "VideoFrame",
     "VideoOptions",
     "background",
+    "core_split",
     "decoded",
     "video_frames",
 ]

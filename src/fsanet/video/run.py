@@ -12,6 +12,14 @@ cropped and posed like a detection); `detect_size` N detects on the frame scaled
 N pixels on its long side, boxes and landmarks scaled back. A camera's frames are handed
 on newest-only (`Latest`): when the stages are slower than the camera, stale frames are
 dropped, not queued, so latency stays bounded.
+
+Pipelined, a file's consecutive frames are posed together,
+up to `batch_frames` frames or `batch_crops` crops in one engine call (a camera's, one at
+a time). The engine's angles of a crop do not depend on the crops beside it in a call,
+nor on its thread count (checked bit for bit), so the records stay identical. With
+`split_cores` (off by default, see VideoOptions), the stages share the cores instead of
+each taking all of them (`ThreadShares`: OpenCV's pool for the detector, ONNX Runtime's
+workers for the engine, by `core_split`, for as long as the pipeline runs).
 """
 
 from __future__ import annotations
@@ -45,6 +53,12 @@ class VideoOptions:
     detect_every: int = 1
     detect_size: int | None = None  # long side in pixels; None: the frame's own size
     depth: int = 4  # frames queued between two stages of a file
+    # Pipelined: detector and engine each on a share of the cores (`core_split`). Off by
+    # default: measured on 2 quiet cores it costs 5-20% (docs/VIDEO.md); it pays only
+    # when other work crowds the cores.
+    split_cores: bool = False
+    batch_frames: int = 4  # pipelined file: consecutive frames posed in one engine call
+    batch_crops: int = 32  # ... and at most this many crops in it (a frame is never cut)
 
     def __post_init__(self) -> None:
         if self.detect_every < 1:
@@ -55,6 +69,8 @@ class VideoOptions:
             )
         if self.depth < 1:
             raise FsanetError(f"queue depth must be at least 1, got {self.depth}")
+        if self.batch_frames < 1 or self.batch_crops < 1:
+            raise FsanetError("frames and crops per engine call must be at least 1")
 
     @property
     def real_time(self) -> bool:
@@ -64,6 +80,9 @@ class VideoOptions:
         parts = ["pipelined" if self.pipelined else "sequential"]
         parts.append(f"detect every {self.detect_every}" if self.detect_every > 1 else "")
         parts.append(f"detect at {self.detect_size} px" if self.detect_size else "")
+        if self.pipelined:  # what differs from the default pipeline
+            parts.append("cores split" if self.split_cores else "")
+            parts.append("" if self.batch_frames > 1 else "1 frame per engine call")
         return ", ".join(p for p in parts if p)
 
 
@@ -79,6 +98,7 @@ class VideoFrame:
     total: int = 0  # faces the detector found, before max_faces
     faces: list[Face] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds spent
+    crops: np.ndarray | None = None  # between cropping and posing: its faces' crops
 
 
 def decoded(
@@ -105,7 +125,13 @@ def decoded(
 
 
 class FaceStages:
-    """The detect and pose stages of one video, with its tracks (one object per video)."""
+    """The detect and pose stages of one video, with its tracks (one object per video).
+
+    Posing is cut in two so that several frames can share one engine call: `prepare`
+    crops a frame's faces and gives them their track ids (the tracker needs boxes only,
+    and a carried frame's boxes come from the tracker as left by the frames before);
+    `finish` runs the engine once on the crops of a group of prepared frames, in order,
+    then smooths each frame's angles in order. `pose` is both for one frame."""
 
     def __init__(
         self,
@@ -114,7 +140,11 @@ class FaceStages:
         smooth: OneEuro | None = None,
     ) -> None:
         self.estimator, self.options = estimator, options
-        self.tracks = FaceTracks(smooth)  # ids start at 1 in every video
+        self.tracks = FaceTracks()  # ids start at 1 in every video; no smoothing here
+        # Smoothing follows the same tracker (its filters end with their tracks), applied
+        # once the angles are known. A group is a few frames and a track ends only after
+        # 15 unseen frames, so no filter ends earlier than it would frame by frame.
+        self.smoothed = None if smooth is None else FaceTracks(smooth, self.tracks.tracker)
 
     def detect(self, frame: VideoFrame) -> VideoFrame:
         if frame.index % self.options.detect_every:
@@ -135,30 +165,133 @@ class FaceStages:
         return frame
 
     def pose(self, frame: VideoFrame) -> VideoFrame:
+        """Crop, pose (all faces of the frame in one engine call) and track one frame."""
+        self.finish([self.prepare(frame)])
+        return frame
+
+    def prepare(self, frame: VideoFrame) -> VideoFrame:
+        """Crop the frame's faces and give them track ids; angles come in `finish`."""
         from fsanet.predict import faces_from
 
         start = time.perf_counter()
-        carried = frame.detections is None
-        if carried:
+        if frame.detections is None:  # carried
             tracked = self.tracks.carried()
-            ids, detections = [t for t, _ in tracked], [d for _, d in tracked]
+            detections = [d for _, d in tracked]
+            unposed = faces_from(detections, np.zeros((len(detections), 3)))
+            faces = [replace(f, track=t) for f, (t, _) in zip(unposed, tracked, strict=True)]
         else:
-            ids, detections = [], frame.detections or []
+            detections = frame.detections
+            unposed = faces_from(detections, np.zeros((len(detections), 3)))
+            faces = self.tracks.update(unposed, frame.time)  # ids only: no smoothing here
+        tracked_at = time.perf_counter()
         est = self.estimator
-        crops = crop_faces(frame.image, detections, est.crop, est.margin, est.normalize)
-        posed = time.perf_counter()
-        # All faces of a frame in one engine call.
-        angles = est.engine(crops) if len(crops) else np.zeros((0, 3))
-        faces = faces_from(detections, np.asarray(angles, np.float64))
-        if carried:
-            faces = [replace(f, track=t) for f, t in zip(faces, ids, strict=True)]
-            frame.faces = self.tracks.follow(faces, frame.time)
-        else:
-            frame.faces = self.tracks.update(faces, frame.time)
-        end = time.perf_counter()
-        frame.seconds["crop"] = posed - start
-        frame.seconds["pose"] = end - posed
+        frame.crops = crop_faces(frame.image, detections, est.crop, est.margin, est.normalize)
+        frame.faces = faces
+        frame.seconds["crop"] = time.perf_counter() - tracked_at
+        frame.seconds["pose"] = tracked_at - start  # tracking; the engine's share follows
         return frame
+
+    def finish(self, group: list[VideoFrame]) -> list[VideoFrame]:
+        """The crops of prepared frames through the engine in one call, angles to faces."""
+        start = time.perf_counter()
+        sizes = [len(f.faces) for f in group]
+        crops = [f.crops for f in group if f.crops is not None and len(f.crops)]
+        total = sum(sizes)
+        engine = self.estimator.engine
+        angles = np.asarray(engine(np.concatenate(crops)), np.float64) if total else None
+        ends = np.cumsum(sizes)
+        for frame, end, size in zip(group, ends, sizes, strict=True):
+            rows = () if angles is None else angles[end - size : end]
+            faces = [
+                replace(f, yaw=float(a[0]), pitch=float(a[1]), roll=float(a[2]))
+                for f, a in zip(frame.faces, rows, strict=True)
+            ]
+            if self.smoothed is not None:
+                faces = self.smoothed.follow(faces, frame.time)
+            frame.faces, frame.crops = faces, None
+        spent = time.perf_counter() - start  # shared by crop count (tracking already in)
+        for frame, size in zip(group, sizes, strict=True):
+            share = spent * size / total if total else spent / len(group)
+            frame.seconds["pose"] = frame.seconds.get("pose", 0.0) + share
+        return group
+
+    def batched(self, frames: Iterator[VideoFrame]) -> Iterator[VideoFrame]:
+        """Pose `frames` in groups of consecutive frames (`batch_frames`, `batch_crops`),
+        in order; closing it closes `frames`."""
+        most_frames, most_crops = self.options.batch_frames, self.options.batch_crops
+        group: list[VideoFrame] = []
+        crops = 0
+        try:
+            for frame in frames:
+                n = len(self.prepare(frame).faces)
+                if group and crops + n > most_crops:
+                    yield from self.finish(group)
+                    group, crops = [], 0
+                group.append(frame)
+                crops += n
+                if len(group) >= most_frames or crops >= most_crops:
+                    yield from self.finish(group)
+                    group, crops = [], 0
+            if group:
+                yield from self.finish(group)
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
+
+
+def core_split(cores: int) -> tuple[int, int]:
+    """(detector threads, engine threads) for a pipeline on `cores` cores.
+
+    The rule: half each, the odd core to the engine (it cuts a batch evenly across its
+    workers; YuNet's parallel regions are smaller), at least one each. Decoding (FFmpeg's
+    own threads) and writing take a few ms a frame, so they get no share. Which of detect
+    and pose is heavier depends on the clip and the options (classroom: 56 vs 18 ms a frame
+    at full size, 13 vs 23 at every 3rd frame and 640 px), so neither gets more for good.
+    """
+    detect = max(1, cores // 2)
+    return detect, max(1, cores - detect)
+
+
+class ThreadShares:
+    """While a pipeline runs: OpenCV's threads (the detector) and the engine's workers set
+    by `core_split`, then put back as they were.
+
+    `cv2.setNumThreads` is process-wide (one thread pool with OpenCV's pthreads backend;
+    OpenCV's docs: not thread-safe, not to be called from concurrent threads), so it is set
+    before the stage threads start and restored once they have stopped: during the run,
+    every OpenCV call of the process uses the detector's share. The engine's share applies
+    to ONNX Runtime runners that cut a batch over their workers (`cores="split"`, which
+    read their thread count at each call); other runners (ONNX Runtime `shared`, OpenVINO,
+    TensorFlow) fix their threads when loaded and keep them."""
+
+    def __init__(self, engine: object, cores: int | None = None) -> None:
+        from fsanet.backends.base import available_cpus
+
+        self.detect, self.engine = core_split(cores or available_cpus())
+        self._runners = [
+            runner
+            for runner in getattr(engine, "runners", [])
+            if runner.backend == "onnxruntime" and runner.cores == "split"
+        ]
+        self._saved: tuple[int, list[int]] | None = None
+
+    def apply(self) -> None:
+        if self._saved is not None:
+            return
+        self._saved = (cv2.getNumThreads(), [r.threads for r in self._runners])
+        cv2.setNumThreads(self.detect)
+        for runner in self._runners:
+            runner.threads = min(runner.threads, self.engine)
+
+    def restore(self) -> None:
+        if self._saved is None:
+            return
+        opencv, engine = self._saved
+        cv2.setNumThreads(opencv)
+        for runner, threads in zip(self._runners, engine, strict=True):
+            runner.threads = threads
+        self._saved = None
 
 
 def _scaled(detection: Detection, factor: float) -> Detection:
@@ -178,12 +311,18 @@ def video_frames(
     options = stages.options
     if not options.pipelined:
         return (stages.pose(stages.detect(f)) for f in frames)
+    shares = ThreadShares(stages.estimator.engine) if options.split_cores else None
+    if shares is not None:
+        shares.apply()  # before any stage thread starts; restored once all have stopped
     first = Latest() if camera else Bounded(options.depth)
     later = 1 if camera else options.depth  # a camera's frame waits for no other
     decoded_ = background(frames, hand=first)
     detected = background(_each(stages.detect, decoded_), later)
-    posed = background(_each(stages.pose, detected), later)
-    return _Counted(posed, first)
+    if camera or options.batch_frames == 1:
+        posed = background(_each(stages.pose, detected), later)
+    else:  # a file: latency does not matter, consecutive frames share engine calls
+        posed = background(stages.batched(detected), later)
+    return _Counted(posed, first, None if shares is None else shares.restore)
 
 
 def _each(
@@ -202,17 +341,32 @@ def _each(
 class _Counted(Iterator[VideoFrame]):
     """An iterator over frames that says how many frames its first hand-off dropped."""
 
-    def __init__(self, frames: Iterator[VideoFrame], first: Bounded | Latest) -> None:
-        self._frames, self._first = frames, first
+    def __init__(
+        self,
+        frames: Iterator[VideoFrame],
+        first: Bounded | Latest,
+        ended: Callable[[], None] | None = None,
+    ) -> None:
+        self._frames, self._first, self._ended = frames, first, ended
 
     @property
     def dropped(self) -> int:
         return self._first.dropped
 
     def __next__(self) -> VideoFrame:
-        return next(self._frames)
+        try:
+            return next(self._frames)
+        except BaseException:
+            self.close()  # the last frame, or a stage failed: every thread stops first
+            raise
 
     def close(self) -> None:
-        close = getattr(self._frames, "close", None)
-        if close is not None:
-            close()
+        """Stop every stage thread, then undo what the pipeline set (`ThreadShares`)."""
+        try:
+            close = getattr(self._frames, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self._ended is not None:
+                self._ended, ended = None, self._ended
+                ended()
