@@ -665,6 +665,11 @@ def _args_predict(p: argparse.ArgumentParser) -> None:
         default=0.02,
         help="--smooth: how fast the cutoff opens in a turn, per degree/s (0.02)",
     )
+    _add_detect_options(p)
+    _add_face_options(p, "0.5")
+
+
+def _add_detect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--detect-every",
         type=_positive,
@@ -678,7 +683,6 @@ def _args_predict(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="video: detect on the frame scaled to N pixels on its long side (full size)",
     )
-    _add_face_options(p, "0.5")
 
 
 def _args_bench(p: argparse.ArgumentParser) -> None:
@@ -727,19 +731,7 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
         help="--end-to-end: each pipelined run also with one frame per engine call, and with "
         "the cores split between detector and engine (what each piece gives)",
     )
-    p.add_argument(
-        "--detect-every",
-        type=_positive,
-        default=1,
-        metavar="K",
-        help="video: detect on every K-th frame, the tracker carrying the boxes between (1)",
-    )
-    p.add_argument(
-        "--detect-size",
-        type=_number(int, 64),
-        metavar="N",
-        help="video: detect on the frame scaled to N pixels on its long side (full size)",
-    )
+    _add_detect_options(p)
 
 
 def _args_serve(p: argparse.ArgumentParser) -> None:
