@@ -55,6 +55,7 @@ from fsanet.serve.limits import (
     checked_image_size,
     decode_image,
     media_type,
+    not_positive,
     parse_crops_json,
     parse_npy,
     read_body,
@@ -114,20 +115,15 @@ class ServeConfig:
     ssl_keyfile: str | None = None
 
     def __post_init__(self) -> None:
-        # Limits checks its own fields. `not value > 0` also refuses NaN.
-        problems = [
-            f"{name} must be positive, got {value:g}"
-            for name, value in (
-                ("max batch", self.max_batch),
-                ("in-flight memory", self.max_inflight_mb),
-                ("waiting requests", self.max_waiting),
-                ("max connections", self.max_connections),
-                ("header timeout", self.header_timeout_s),
-                ("keep-alive timeout", self.keep_alive_s),
-                ("header size limit", self.max_header_bytes),
-            )
-            if not (value > 0 and math.isfinite(value))
-        ]
+        problems = not_positive(  # Limits checks its own fields
+            ("max batch", self.max_batch),
+            ("in-flight memory", self.max_inflight_mb),
+            ("waiting requests", self.max_waiting),
+            ("max connections", self.max_connections),
+            ("header timeout", self.header_timeout_s),
+            ("keep-alive timeout", self.keep_alive_s),
+            ("header size limit", self.max_header_bytes),
+        )
         if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
             problems.append(f"max wait must be 0 or more, got {self.max_wait_ms:g} ms")
         if not (self.graceful_timeout_s >= 0 and math.isfinite(self.graceful_timeout_s)):

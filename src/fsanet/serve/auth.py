@@ -38,6 +38,26 @@ def read_api_key(path: str | os.PathLike[str] | None = None) -> str | None:
     return key
 
 
+async def send_error(
+    send: Any, status: int, message: str, headers: dict[str, str] | None = None
+) -> None:
+    """The service's JSON error answer ({"error", "status"}) from pure ASGI middleware."""
+    body = json.dumps({"error": message, "status": status}).encode()
+    extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class BearerAuth:
     """Pure ASGI middleware: 401 unless the request carries the key."""
 
@@ -49,19 +69,9 @@ class BearerAuth:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"error": "missing or wrong API key", "status": 401}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Bearer realm="fsanet"'),
-                ],
-            }
+        await send_error(
+            send, 401, "missing or wrong API key", {"www-authenticate": 'Bearer realm="fsanet"'}
         )
-        await send({"type": "http.response.body", "body": body})
 
     def _allowed(self, scope: Any) -> bool:
         given = [v for k, v in scope["headers"] if k == b"authorization"]

@@ -40,21 +40,26 @@ class Limits:
     request_timeout_s: float = 30.0  # waiting for the engine
 
     def __post_init__(self) -> None:
-        # `not value > 0` also refuses NaN, which every comparison lets through otherwise.
-        problems = [
-            f"{name} must be positive, got {value:g}"
-            for name, value in (
-                ("body limit", self.max_body_bytes),
-                ("pixel limit", self.max_pixels),
-                ("crops per request", self.max_crops),
-                ("queue limit", self.max_queue),
-                ("body timeout", self.body_timeout_s),
-                ("request timeout", self.request_timeout_s),
-            )
-            if not (value > 0 and math.isfinite(value))
-        ]
+        problems = not_positive(
+            ("body limit", self.max_body_bytes),
+            ("pixel limit", self.max_pixels),
+            ("crops per request", self.max_crops),
+            ("queue limit", self.max_queue),
+            ("body timeout", self.body_timeout_s),
+            ("request timeout", self.request_timeout_s),
+        )
         if problems:
             raise FsanetError("; ".join(problems))
+
+
+def not_positive(*fields: tuple[str, float]) -> list[str]:
+    """A message for each (name, value) that is not a finite number above 0. `not value > 0`
+    also catches NaN, which every comparison lets through otherwise."""
+    return [
+        f"{name} must be positive, got {value:g}"
+        for name, value in fields
+        if not (value > 0 and math.isfinite(value))
+    ]
 
 
 class HttpError(Exception):

@@ -9,14 +9,13 @@ then the least recently used. Everything runs on the event loop, so no locks are
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from fsanet.serve.auth import OPEN_PATHS
+from fsanet.serve.auth import OPEN_PATHS, send_error
 
 MAX_CLIENTS = 65536  # buckets kept; ~200 bytes each
 
@@ -76,16 +75,5 @@ class RateLimit:
             await self.app(scope, receive, send)
             return
         self.count()
-        body = json.dumps({"error": "too many requests from this client", "status": 429})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(max(1, math.ceil(wait))).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
+        retry = {"retry-after": str(max(1, math.ceil(wait)))}
+        await send_error(send, 429, "too many requests from this client", retry)
