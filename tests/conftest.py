@@ -60,6 +60,14 @@ def fusion_artifact(shared: Path) -> Artifact:
 
 
 @pytest.fixture(scope="session")
+def flip_artifact(shared: Path) -> Artifact:
+    """The default engine with flip test-time augmentation inside its graph."""
+    from fsanet.build import BuildOptions, build
+
+    return build(BuildOptions.create(tta="flip"))
+
+
+@pytest.fixture(scope="session")
 def fusion_engine(fusion_artifact: Artifact) -> Iterator[PoseEngine]:
 
     with PoseEngine.from_artifact(fusion_artifact) as engine:

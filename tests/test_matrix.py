@@ -68,3 +68,15 @@ def test_matrix_command_writes_the_table(shared, tmp_path, capsys):
     text = output.read_text()
     assert "| openvino | fp32 |" in text and "fsanet matrix" in text
     assert "| onnxruntime | fp16 | - | - |" in text or ("onnxruntime", "fp16") in rows
+
+
+def test_matrix_with_flip_shows_each_engine_without_and_with_it(shared, capsys):
+    args = ["matrix", "--backends", "onnxruntime", "--precisions", "fp32", "--tta", "flip"]
+    assert main([*args, "-q", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    plain, flip = data["rows"]
+    assert (plain["tta"], flip["tta"]) == ("none", "flip")
+    assert flip["mae"] <= 4.98 < plain["mae"] and flip["within_bound"] and plain["within_bound"]
+    # Each row is held to TensorFlow run the same way: flip against TF's two calls averaged.
+    assert data["reference_tta"]["flip"]["mae"] == pytest.approx(flip["mae"], abs=1e-3)
+    assert flip["max_abs_diff_deg"] < 1e-3

@@ -10,8 +10,9 @@ from fsanet.artifact import Artifact
 from fsanet.build import BuildOptions, build, find_artifact
 from fsanet.datasets import load_aflw2000
 from fsanet.engine import PoseEngine
-from fsanet.errors import ArtifactError
+from fsanet.errors import ArtifactError, FsanetError
 from fsanet.evaluate import EvalReport, evaluate
+from fsanet.tta import NONE
 
 
 def load(
@@ -26,11 +27,13 @@ def load(
 
     `model` is `fusion` (all three variants, averaged), a variant name, or the path of an
     artifact. `options` are `BuildOptions.create`'s (precision="bf16", backend="openvino",
-    dynamic_batch, batch_size, ...). `threads` is the number of cores to use (default:
-    all). Building needs the `build` extra (TensorFlow); a cached engine does not.
+    dynamic_batch, batch_size, tta="flip", ...). `threads` is the number of cores to use
+    (default: all). Building needs the `build` extra (TensorFlow); a cached engine does not.
     """
-    if Path(model).is_dir() or "/" in str(model) or os.sep in str(model):
-        return PoseEngine.from_artifact(Artifact.load(model), threads).load()
+    if is_artifact_path(model):
+        artifact = Artifact.load(model)
+        _check_tta(artifact, options.get("tta", NONE))
+        return PoseEngine.from_artifact(artifact, threads).load()
     options = BuildOptions.create([str(model)], **options)
     artifact = find_artifact(options)
     if artifact is None:
@@ -38,6 +41,20 @@ def load(
             raise ArtifactError(f"no engine built for {model}: run `fsanet build {model}`")
         artifact = build(options, mirror)
     return PoseEngine.from_artifact(artifact, threads).load()
+
+
+def is_artifact_path(model: str | Path) -> bool:
+    """Whether `model` names an artifact directory rather than a model to build."""
+    return Path(model).is_dir() or "/" in str(model) or os.sep in str(model)
+
+
+def _check_tta(artifact: Artifact, asked: str) -> None:
+    built = artifact.manifest.extra.get("tta", {}).get("mode", NONE)
+    if asked != NONE and built != asked:
+        raise FsanetError(
+            f"engine {artifact.path} was built without --tta {asked}: build one with it "
+            f"(`fsanet build --tta {asked}`) or drop --tta"
+        )
 
 
 def evaluate_aflw2000(

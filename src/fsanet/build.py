@@ -26,7 +26,8 @@ from fsanet.errors import ArtifactError, BuildError, FsanetError
 from fsanet.fetch import fetch
 from fsanet.files import atomic_path, ensure_dir, home_dir, remove_stale_temps, sha256_file
 from fsanet.machine import this_machine
-from fsanet.zoo import FUSION, VARIANTS, Variant, resolve_variants
+from fsanet.tta import FLIP, NONE, check_mode, flip_average, view_name
+from fsanet.zoo import AXES, FUSION, VARIANTS, Variant, resolve_variants
 
 # Bumped whenever the build pipeline changes what it writes, so cached engines are rebuilt.
 BUILDER_VERSION = 5
@@ -71,6 +72,7 @@ class BuildOptions:
     shapes: str = "fixed"  # OpenVINO only
     tune_batches: tuple[int, ...] = DEFAULT_TUNE_BATCHES  # precision="auto" only
     int8_scheme: str = "cpu"  # "cpu": this CPU's settings in order, measured; or one name
+    tta: str = NONE  # "flip": crop and mirror image averaged inside the graph (fsanet.tta)
 
     @classmethod
     def create(
@@ -90,6 +92,7 @@ class BuildOptions:
         shapes: str = "fixed",
         tune_batches: tuple[int, ...] | list[int] = DEFAULT_TUNE_BATCHES,
         int8_scheme: str = "cpu",
+        tta: str = NONE,
     ) -> BuildOptions:
         """Validate user-facing options into canonical ones; a precision this CPU cannot
         run natively is refused here, before anything is built."""
@@ -137,6 +140,7 @@ class BuildOptions:
             raise FsanetError(
                 f"unknown int8 scheme '{int8_scheme}' for {backend}: choose {', '.join(schemes)}"
             )
+        check_mode(tta)
         variants = resolve_variants(models)
         return cls(
             variants=tuple(v.name for v in variants),
@@ -154,6 +158,7 @@ class BuildOptions:
             shapes=shapes,
             tune_batches=tuple(sorted(set(tune_batches))),
             int8_scheme=int8_scheme,
+            tta=tta,
         )
 
     @property
@@ -201,13 +206,16 @@ class BuildOptions:
             payload["calibration"] = [self.calibration_method, self.calibration_size]
         if self.int8_scheme != "cpu":
             payload["int8_scheme"] = self.int8_scheme
+        if self.tta != NONE:
+            payload["tta"] = self.tta
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def artifact_dir(self) -> Path:
         models = FUSION if set(self.variants) == set(VARIANTS) else "+".join(self.variants)
         batch = "dyn" if self.dynamic_batch else f"b{self.batch_size}"
         engine = AUTO if self.precision == AUTO else f"{self.backend}-{self.precision}"
-        name = f"{models}-{engine}-{batch}-{self.key()}"
+        tta = "" if self.tta == NONE else f"-{self.tta}"
+        name = f"{models}-{engine}-{batch}{tta}-{self.key()}"
         return home_dir() / "engines" / name
 
 
@@ -296,7 +304,8 @@ def build(options: BuildOptions, mirror: str | None = None, force: bool = False)
 @dataclass(frozen=True)
 class Sources:
     """What every engine built from the same graphs shares: the converted and optimised
-    ONNX parts (serialised), their FLOPs, the data, and TensorFlow's own outputs."""
+    ONNX parts (serialised), their FLOPs, the data, and TensorFlow's own outputs (with flip
+    TTA: averaged over crop and mirror image, each view as well; see fsanet.tta)."""
 
     variants: tuple[Variant, ...]
     parts: dict[str, tuple[bytes, dict[str, str]]]  # name -> (ONNX model, variant -> output)
@@ -304,14 +313,18 @@ class Sources:
     evaluation: Any  # the AFLW2000 evaluation subset
     parity: ParityInputs
     reference_parity: dict[str, np.ndarray]  # TensorFlow's outputs on the parity inputs
-    reference_fused: np.ndarray  # TensorFlow's fused angles on the evaluation set
+    reference_fused: dict[str, np.ndarray]  # TensorFlow's fusion (and views) on the evaluation set
 
 
 def prepare_sources(options: BuildOptions, mirror: str | None = None) -> Sources:
     """Convert the graphs and run the TensorFlow reference, once per process for the same
-    graphs and conversion options (a tuning run builds many engines from them)."""
+    graphs and conversion options (a tuning run builds many engines from them). A fixed-batch
+    flip engine's network runs twice its batch."""
+    batch = options.fixed_batch
+    if batch is not None and options.tta == FLIP:
+        batch *= 2
     return _sources(
-        options.variants, options.opset, options.optimize, options.fuse, options.fixed_batch, mirror
+        options.variants, options.opset, options.optimize, options.fuse, batch, mirror, options.tta
     )
 
 
@@ -323,6 +336,7 @@ def _sources(
     fuse: bool,
     fixed_batch: int | None,
     mirror: str | None,
+    tta: str = NONE,
 ) -> Sources:
     from fsanet.convert import tf_to_onnx  # imports TensorFlow
     from fsanet.convert.passes import fuse_variants
@@ -344,8 +358,14 @@ def _sources(
     evaluation = load_aflw2000(mirror=mirror).evaluation_subset()
     inputs = parity_inputs(mirror)
     with PoseEngine.tensorflow_reference(list(variants), mirror) as reference:
-        theirs_parity = reference.predict_variants(inputs.images)
-        theirs_fused = fused_predictions(reference, evaluation.images)
+        if tta == FLIP:
+            theirs_parity = flip_average(reference.predict_variants, inputs.images)
+            theirs_fused = flip_average(
+                lambda x: {FUSION: fused_predictions(reference, x)}, evaluation.images
+            )
+        else:
+            theirs_parity = reference.predict_variants(inputs.images)
+            theirs_fused = {FUSION: fused_predictions(reference, evaluation.images)}
     return Sources(
         variants,
         {name: (model.SerializeToString(), outputs) for name, (model, outputs) in parts.items()},
@@ -378,6 +398,8 @@ def _build_one(
         steps = progress.bar(sources.parts.items(), desc=scheme or options.precision)
         for name, (data, outputs) in steps:
             model = _apply_layout(onnx.load_from_string(data), options)
+            if options.tta == FLIP:
+                model, outputs = _add_flip(model, outputs)
             models.append(_write_model(tmp, name, model, outputs, options, calibration, scheme))
         manifest = Manifest(
             variants=list(options.variants),
@@ -400,7 +422,7 @@ def _build_one(
                 "passes": _passes(options),
                 "fused": options.fuse,
                 "layout": options.layout,
-                "flops": sources.flops,
+                "flops": _flops_per_image(sources.flops, options.tta),
                 **(
                     {"calibration": _calibration_record(options, len(sources.evaluation))}
                     if options.calibrates
@@ -414,6 +436,8 @@ def _build_one(
             manifest.parity = check_parity(engine, sources, options.precision)
             accuracy = check_accuracy(engine, sources, options)
         manifest.extra["accuracy"] = accuracy
+        if options.tta != NONE:
+            manifest.extra["tta"] = _tta_record(options.tta, accuracy)
         if scheme is not None:
             attempt = {"scheme": scheme, "delta": accuracy["delta"], "bound": accuracy["bound"]}
             attempt["within_bound"] = accuracy["within_bound"]
@@ -449,7 +473,41 @@ def _passes(options: BuildOptions) -> list[str]:
         *(PASSES if options.optimize else []),
         *(["fuse_variants"] if options.fuse else []),
         *_layout_passes(options),
+        *(["flip_tta"] if options.tta == FLIP else []),
     ]
+
+
+def _add_flip(model: Any, outputs: dict[str, str]) -> tuple[Any, dict[str, str]]:
+    """The flip pass, and the views it adds to the outputs the manifest maps."""
+    from fsanet.tta import VIEWS
+    from fsanet.tta.graph import add_flip
+
+    views = {view_name(k, v): view_name(t, v) for k, t in outputs.items() for v in VIEWS}
+    return add_flip(model), {**outputs, **views}
+
+
+def _flops_per_image(flops: dict[str, Any], tta: str) -> dict[str, Any]:
+    """A flip engine runs the network twice per image."""
+    if tta != FLIP:
+        return flops
+    return {
+        "per_image": 2 * flops["per_image"],
+        "by_op_per_image": {k: 2 * v for k, v in flops["by_op_per_image"].items()},
+        "notes": [*flops["notes"], "flip TTA: the network runs on each crop and its mirror"],
+    }
+
+
+def _tta_record(tta: str, accuracy: dict[str, Any]) -> dict[str, Any]:
+    """The TTA mode and the AFLW2000 fusion MAE with and without it, from this engine's own
+    views (the crop view is the engine without TTA)."""
+    return {
+        "mode": tta,
+        "views": {"crop": "the crop alone", "mirror": "its mirror image, yaw and roll negated"},
+        "mae": accuracy["mae"],
+        "mae_without": accuracy["mae_crop"],
+        "per_axis": accuracy["per_axis"],
+        "per_axis_without": accuracy["per_axis_crop"],
+    }
 
 
 def _layout_passes(options: BuildOptions) -> list[str]:
@@ -580,41 +638,61 @@ def check_parity(engine: PoseEngine, sources: Sources, precision: str) -> dict[s
 
 
 def check_accuracy(engine: PoseEngine, sources: Sources, options: BuildOptions) -> dict[str, Any]:
-    """The engine's AFLW2000 fusion MAE next to TensorFlow's fp32 one, on all evaluation
-    images and on those not used for calibration; it must be within the precision's bound."""
+    """The engine's AFLW2000 fusion MAE next to TensorFlow's fp32 one (both with the same
+    TTA), on all evaluation images and on those not used for calibration; it must be within
+    the precision's bound. A flip engine's crop view gives its MAE without TTA as well."""
     from fsanet.convert.precision import PRECISIONS
 
     evaluation = sources.evaluation
 
-    def mae(predictions: np.ndarray, keep: np.ndarray) -> float:
-        return float(np.abs(predictions[keep] - evaluation.poses[keep]).mean())
+    def errors(predictions: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        return np.abs(predictions[keep] - evaluation.poses[keep]).mean(axis=0)
 
-    ours = fused_predictions(engine, evaluation.images)
-    theirs = sources.reference_fused
+    def mae(predictions: np.ndarray, keep: np.ndarray) -> float:
+        return float(errors(predictions, keep).mean())
+
+    ours = predictions(engine, evaluation.images)
+    theirs = sources.reference_fused[FUSION]  # the fusion, or the single variant's output
     everything = np.ones(len(evaluation), bool)
     held_out = everything.copy()
     if options.calibrates:
         held_out[calibration_indices(options.calibration_size, len(evaluation))] = False
     bound = PRECISIONS[options.precision].mae_bound
-    delta = mae(ours, everything) - mae(theirs, everything)
+    main = FUSION if FUSION in ours else next(iter(ours))  # a single variant's own output
+    fused = ours[main]
+    delta = mae(fused, everything) - mae(theirs, everything)
     within = abs(delta) <= bound
-    return {
+    report = {
         "dataset": "AFLW2000 (1969 images within ±99°)",
-        "mae": mae(ours, everything),
+        "mae": mae(fused, everything),
+        "per_axis": dict(zip(AXES, errors(fused, everything).tolist(), strict=True)),
         "mae_fp32_tensorflow": mae(theirs, everything),
         "delta": delta,
         "num_held_out": int(held_out.sum()),
-        "mae_held_out": mae(ours, held_out),
+        "mae_held_out": mae(fused, held_out),
         "mae_fp32_tensorflow_held_out": mae(theirs, held_out),
         "bound": bound,
         "within_bound": within,
         "status": f"{'passed' if within else 'failed'}: MAE moved {delta:+.3f}° (bound ±{bound}°)",
     }
+    if (crop := ours.get(view_name(main, "crop"))) is not None:
+        report["mae_crop"] = mae(crop, everything)
+        report["per_axis_crop"] = dict(zip(AXES, errors(crop, everything).tolist(), strict=True))
+    return report
 
 
 def fused_predictions(engine: PoseEngine, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """The engine's fused angles for many images, a batch at a time."""
     return np.concatenate([engine(images[i : i + batch]) for i in range(0, len(images), batch)])
+
+
+def predictions(engine: PoseEngine, images: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
+    """Every output of the engine (variants, fusion, TTA views) for many images."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(images), batch):
+        for name, angles in engine.predict_variants(images[i : i + batch]).items():
+            parts.setdefault(name, []).append(angles)
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
 def _tool_versions(backend: str) -> dict[str, str]:

@@ -116,6 +116,7 @@ def _option_values(args: argparse.Namespace) -> dict[str, Any]:
         "cores": args.cores,
         "shapes": args.shapes,
         "int8_scheme": args.int8_scheme,
+        "tta": args.tta,
     }
     if getattr(args, "tune_batches", None):
         values["tune_batches"] = args.tune_batches
@@ -147,6 +148,11 @@ def _describe(artifact: Artifact) -> str:
             f"  AFLW2000 fusion MAE {accuracy['mae']:.3f}° vs "
             f"{accuracy['mae_fp32_tensorflow']:.3f}° for fp32 TensorFlow; "
             f"{accuracy['status']}{held_out}"
+        )
+    if tta := m.extra.get("tta"):
+        lines.append(
+            f"  {tta['mode']} TTA: fusion MAE {tta['mae']:.3f}° with it, {tta['mae_without']:.3f}° "
+            "without (the crop view); TensorFlow above ran with it too"
         )
     if int8 := m.extra.get("int8"):
         tried = ", ".join(f"{t['scheme']} {t['delta']:+.3f}°" for t in int8["tried"])
@@ -233,7 +239,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
         args.engine or args.model,
         threads=args.threads,
         mirror=args.mirror,
-        **({} if args.engine else {"backend": args.backend, "precision": args.precision}),
+        **(
+            {"tta": args.tta}
+            if args.engine
+            else {"backend": args.backend, "precision": args.precision, "tta": args.tta}
+        ),
     )
     with (
         HeadPoseEstimator(
@@ -264,7 +274,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_matrix(args: argparse.Namespace) -> None:
     from fsanet.matrix import accuracy_matrix, write_markdown
 
-    matrix = accuracy_matrix(args.backends, args.precisions, args.methods, args.mirror)
+    matrix = accuracy_matrix(
+        args.backends, args.precisions, args.methods, args.mirror, tta=args.tta
+    )
     data, text = matrix.to_dict(), str(matrix)
     if args.output:
         command = "fsanet matrix " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["matrix"] else ""
@@ -540,6 +552,13 @@ def _add_precision_options(p: argparse.ArgumentParser) -> None:
         "force_float16 and qint8_mixed_float16 too (default fp32)",
     )
     p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or openvino")
+    p.add_argument(
+        "--tta",
+        choices=("none", "flip"),
+        default="none",
+        help="flip: average each crop with its mirror image inside the engine (one call, "
+        "2x the network's work; AFLW2000 MAE 5.07 -> 4.97)",
+    )
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
@@ -871,6 +890,12 @@ def _args_matrix(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precisions", type=_csv, help="comma-separated (default: all)")
     p.add_argument(
         "--methods", type=_csv, help="int8 calibration methods, comma-separated (default: all)"
+    )
+    p.add_argument(
+        "--tta",
+        choices=("none", "flip"),
+        default="none",
+        help="flip: every engine also with flip TTA, in the row below it (none)",
     )
     p.add_argument("--output", metavar="FILE.md", help="also write the table as Markdown")
 

@@ -14,6 +14,7 @@ from fsanet.artifact import Artifact
 from fsanet.backends import Runner, check_images, runner_class
 from fsanet.backends.base import executed_precision
 from fsanet.fetch import fetch
+from fsanet.tta import NONE, VIEWS, is_view, view_name
 from fsanet.zoo import FUSION, Variant, resolve_variants
 
 
@@ -47,7 +48,14 @@ class PoseEngine:
 
     @property
     def variants(self) -> list[str]:
-        return [v for part in self._parts for v in part.outputs if v != FUSION]
+        return [v for part in self._parts for v in part.outputs if v != FUSION and not is_view(v)]
+
+    @property
+    def tta(self) -> str:
+        """The test-time augmentation inside the engine's graph: "none" or "flip"."""
+        if self.artifact is None:
+            return NONE
+        return self.artifact.manifest.extra.get("tta", {}).get("mode", NONE)
 
     @property
     def runners(self) -> list[Runner]:
@@ -156,15 +164,21 @@ class PoseEngine:
             part.runner.warm_up(max_batch)
 
     def predict_variants(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Angles per variant, plus `fusion` when the engine holds several."""
+        """Angles per variant, plus `fusion` when the engine holds several; a flip TTA engine
+        adds each one's views (`<name>/crop`, `<name>/mirror`, see fsanet.tta)."""
         batch = check_images(images)
         results: dict[str, np.ndarray] = {}
         for part in self._parts:
             outputs = part.runner.infer(batch)
             for variant, tensor in part.outputs.items():
                 results[variant] = outputs[tensor]
-        if len(results) > 1 and FUSION not in results:  # a fused graph computes it itself
-            results[FUSION] = np.mean(np.stack(list(results.values())), axis=0)
+        variants = [v for v in results if not is_view(v)]
+        if len(variants) > 1 and FUSION not in results:  # a fused graph computes it itself
+            results[FUSION] = np.mean(np.stack([results[v] for v in variants]), axis=0)
+            for view in VIEWS:
+                if all(view_name(v, view) in results for v in variants):
+                    views = [results[view_name(v, view)] for v in variants]
+                    results[view_name(FUSION, view)] = np.mean(np.stack(views), axis=0)
         return results
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

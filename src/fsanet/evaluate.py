@@ -12,6 +12,7 @@ from fsanet import progress
 from fsanet.datasets import Aflw2000
 from fsanet.engine import PoseEngine
 from fsanet.errors import FsanetError
+from fsanet.tta import NONE, is_view, view_name
 from fsanet.zoo import FUSION, FUSION_PAPER, VARIANTS, PaperResult
 
 _RULE = "-" * 80
@@ -47,6 +48,8 @@ class EvalReport:
     backend: str
     precision: str
     seconds: float
+    tta: str = NONE
+    without_tta: AxisErrors | None = None  # a TTA engine's headline on the crop alone
 
     @property
     def main(self) -> str:
@@ -63,20 +66,27 @@ class EvalReport:
             "paper": {k: asdict(p) for k in self.results if (p := _paper(k))},
             "engine": {"name": self.engine, "backend": self.backend, "precision": self.precision},
             "seconds": round(self.seconds, 3),
+            "tta": {
+                "mode": self.tta,
+                **({"without": self.without_tta.to_dict()} if self.without_tta else {}),
+            },
         }
 
     def __str__(self) -> str:
+        rows = [(name, r, _paper(name)) for name, r in self.results.items()]
+        if self.without_tta is not None:  # the same engine on the crop alone
+            rows.append((f"{self.main}, no {self.tta}", self.without_tta, _paper(self.main)))
+        width = max(10, *(len(name) + 2 for name, _, _ in rows))
         lines = [
             f"AFLW2000: {self.num_images} images, engine {self.engine} "
-            f"({self.backend}, {self.precision}), {self.seconds:.1f} s",
+            f"({self.backend}, {self.precision}{_tta_label(self.tta)}), {self.seconds:.1f} s",
             "",
-            f"{'model':<10}{'yaw':>8}{'pitch':>8}{'roll':>8}{'MAE':>8}   paper MAE",
+            f"{'model':<{width}}{'yaw':>8}{'pitch':>8}{'roll':>8}{'MAE':>8}   paper MAE",
         ]
-        for name, r in self.results.items():
-            paper = _paper(name)
+        for name, r, paper in rows:
             ref = f"{paper.mae:.2f}" if paper else "-"
             lines.append(
-                f"{name:<10}{r.yaw:>8.2f}{r.pitch:>8.2f}{r.roll:>8.2f}{r.mae:>8.2f}   {ref:>9}"
+                f"{name:<{width}}{r.yaw:>8.2f}{r.pitch:>8.2f}{r.roll:>8.2f}{r.mae:>8.2f}   {ref:>9}"
             )
         main = self.results[self.main]
         lines += [
@@ -105,8 +115,24 @@ def evaluate(
                 outputs.setdefault(name, []).append(out)
             bar.update(min(batch, len(images) - i))
     seconds = time.perf_counter() - start
-    # The paper's order: capsule, var, noS, then the fusion.
+    # The paper's order: capsule, var, noS, then the fusion. TTA views are left out, except
+    # the headline's crop view: the same engine without TTA, shown next to it.
     rank = {name: i for i, name in enumerate([*VARIANTS, FUSION])}
-    order = sorted(outputs, key=lambda name: rank.get(name, len(rank)))
+    order = sorted((n for n in outputs if not is_view(n)), key=lambda n: rank.get(n, len(rank)))
     results = {name: AxisErrors.between(np.concatenate(outputs[name]), labels) for name in order}
-    return EvalReport(len(images), results, engine.name, engine.backend, engine.precision, seconds)
+    main = FUSION if FUSION in results else order[0]
+    crop = outputs.get(view_name(main, "crop"))
+    return EvalReport(
+        len(images),
+        results,
+        engine.name,
+        engine.backend,
+        engine.precision,
+        seconds,
+        engine.tta,
+        AxisErrors.between(np.concatenate(crop), labels) if crop else None,
+    )
+
+
+def _tta_label(tta: str) -> str:
+    return "" if tta == NONE else f", {tta} TTA"

@@ -19,6 +19,7 @@ from fsanet.errors import FsanetError
 from fsanet.evaluate import AxisErrors
 from fsanet.files import atomic_path
 from fsanet.machine import Machine, this_machine
+from fsanet.tta import FLIP, NONE, check_mode, flip_average
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class MatrixRow:
     bound: float
     within_bound: bool
     engine: str
+    tta: str = NONE  # "flip": the engine averages crop and mirror; compared with TF doing so
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -51,12 +53,15 @@ class AccuracyMatrix:
     # (backend, precision, calibration method, why no engine): not runnable as labelled on
     # this CPU, or outside its accuracy bound (the build refuses both).
     not_built: list[tuple[str, str, str | None, str]] = field(default_factory=list)
+    # TensorFlow fp32 with each TTA asked for (two calls, averaged): what its rows compare with.
+    reference_tta: dict[str, AxisErrors] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "machine": self.machine,
             "num_images": self.num_images,
             "reference": {"backend": "tensorflow", "precision": "fp32", **self.reference.to_dict()},
+            "reference_tta": {k: v.to_dict() for k, v in self.reference_tta.items()},
             "rows": [r.to_dict() for r in self.rows],
             "not_built": [
                 {"backend": b, "precision": p, "calibration": m, "reason": why}
@@ -66,26 +71,28 @@ class AccuracyMatrix:
         }
 
     def to_markdown(self) -> str:
-        ref = self.reference
         lines = [
-            "| backend | precision | calibration | MAE | yaw | pitch | roll | MAE held out "
+            "| backend | precision | calibration | TTA | MAE | yaw | pitch | roll | MAE held out "
             "| max abs diff vs TF (°) | within bound |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-            f"| tensorflow (reference) | fp32 | - | {ref.mae:.3f} | {ref.yaw:.2f} | "
-            f"{ref.pitch:.2f} | {ref.roll:.2f} | - | 0 | - |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
+        for tta, ref in {NONE: self.reference, **self.reference_tta}.items():
+            lines.append(
+                f"| tensorflow (reference) | fp32 | - | {tta} | {ref.mae:.3f} | {ref.yaw:.2f} | "
+                f"{ref.pitch:.2f} | {ref.roll:.2f} | - | 0 | - |"
+            )
         for r in self.rows:
             e = r.errors
             held = f"{r.mae_held_out:.3f}" if r.mae_held_out is not None else "-"
             verdict = f"{'yes' if r.within_bound else 'NO'} (±{r.bound})"
             lines.append(
-                f"| {r.backend} | {r.precision} | {r.calibration or '-'} | {e.mae:.3f} | "
+                f"| {r.backend} | {r.precision} | {r.calibration or '-'} | {r.tta} | {e.mae:.3f} | "
                 f"{e.yaw:.2f} | {e.pitch:.2f} | {e.roll:.2f} | {held} | "
                 f"{r.max_abs_diff_deg:.2g} | {verdict} |"
             )
         for backend, precision, method, why in self.not_built:
             lines.append(
-                f"| {backend} | {precision} | {method or '-'} | - | - | - | - | - | - | "
+                f"| {backend} | {precision} | {method or '-'} | - | - | - | - | - | - | - | "
                 f"no engine: {why} |"
             )
         return "\n".join(lines)
@@ -128,23 +135,36 @@ def accuracy_matrix(
     precisions: list[str] | None = None,
     methods: list[str] | None = None,
     mirror: str | None = None,
+    tta: str = NONE,
 ) -> AccuracyMatrix:
-    """Build (or reuse) each engine and score its fusion on the 1969 evaluation images."""
+    """Build (or reuse) each engine and score its fusion on the 1969 evaluation images;
+    with `tta="flip"` each engine is scored without and with it, side by side."""
     start = time.perf_counter()
     configs = configurations(backends, precisions, methods)
+    ttas = [NONE] if check_mode(tta) == NONE else [NONE, tta]
     data = load_aflw2000(mirror=mirror).evaluation_subset()
+    references: dict[str, np.ndarray] = {}
     with PoseEngine.tensorflow_reference(mirror=mirror) as reference:
-        theirs = fused_predictions(reference, data.images)
+        references[NONE] = fused_predictions(reference, data.images)
+        if FLIP in ttas:
+            flipped = flip_average(lambda x: {"f": fused_predictions(reference, x)}, data.images)
+            references[FLIP] = flipped["f"]
     rows = []
     not_built = []
-    for backend, precision, method in progress.bar(configs, desc="matrix", unit="engine"):
+    runs = [(*config, t) for config in configs for t in ttas]
+    for backend, precision, method, mode in progress.bar(runs, desc="matrix", unit="engine"):
+        theirs = references[mode]
         try:
             options = BuildOptions.create(
-                backend=backend, precision=precision, calibration_method=method or "minmax"
+                backend=backend,
+                precision=precision,
+                calibration_method=method or "minmax",
+                tta=mode,
             )
             artifact = build(options, mirror)
         except FsanetError as e:  # not runnable as labelled here, or outside its bound
-            not_built.append((backend, precision, method, str(e)))
+            if mode == NONE:
+                not_built.append((backend, precision, method, str(e)))
             continue
         with PoseEngine.from_artifact(artifact) as engine:
             ours = fused_predictions(engine, data.images)
@@ -167,15 +187,17 @@ def accuracy_matrix(
                 bound,
                 abs(errors.mae - reference_mae) <= bound,
                 artifact.name,
+                mode,
             )
         )
     return AccuracyMatrix(
         len(data),
-        AxisErrors.between(theirs, data.poses),
+        AxisErrors.between(references[NONE], data.poses),
         rows,
         time.perf_counter() - start,
         this_machine().to_dict(),
         not_built,
+        {t: AxisErrors.between(references[t], data.poses) for t in ttas if t != NONE},
     )
 
 
@@ -191,7 +213,8 @@ def write_markdown(matrix: AccuracyMatrix, path: str | Path, command: str) -> Pa
         f"```bash\n{command}\n```\n\n{matrix.to_markdown()}\n\n"
         "MAE in degrees (mean of yaw, pitch, roll). Calibrated precisions use a fixed seeded "
         "subset of 200 evaluation images; 'MAE held out' scores the other 1769. The bound is "
-        "how far the MAE may move from TensorFlow's fp32 MAE: 0.001° for fp32, 0.02° for fp16 "
+        "how far the MAE may move from TensorFlow's fp32 MAE with the same TTA (flip: each "
+        "crop and its mirror image averaged): 0.001° for fp32, 0.02° for fp16 "
         "and bf16, 0.10° for int8; a build outside it is not written. 'no engine' rows say why "
         "a combination was not built on this CPU.\n"
     )

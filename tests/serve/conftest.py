@@ -139,9 +139,12 @@ def make_server(
     """Start a server with its own options; stopped at the end of the test."""
     started: list[Server] = []
 
-    def make(*options: str, verify: ssl.SSLContext | bool = True) -> Server:
+    def make(
+        *options: str, verify: ssl.SSLContext | bool = True, artifact: Artifact | None = None
+    ) -> Server:
         log = tmp_path / f"server{len(started)}.log"
-        srv = start_server(cli_command, fusion_artifact, log, *options, verify=verify)
+        engine = artifact or fusion_artifact
+        srv = start_server(cli_command, engine, log, *options, verify=verify)
         started.append(srv)
         return srv
 

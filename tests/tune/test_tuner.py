@@ -95,3 +95,14 @@ def test_the_report_round_trips():
     assert again.chosen.label == "openvino/bf16/stacked [cores split]"
     assert str(again) == str(report)
     assert "* openvino/bf16/stacked" in str(report) and "skipped: no fp16 here" in str(report)
+
+
+def test_tta_reaches_every_candidate_and_the_cache_key():
+    from fsanet.tune.candidates import builds
+
+    plain = BuildOptions.create(precision="auto")
+    flip = BuildOptions.create(precision="auto", tta="flip")
+    candidates = builds(flip, this_machine())
+    assert candidates and all(b.options.tta == "flip" for b in candidates)
+    assert all(b.options.tta == "none" for b in builds(plain, this_machine()))
+    assert plain.key() != flip.key() and "-auto-dyn-flip-" in flip.artifact_dir().name

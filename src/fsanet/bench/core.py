@@ -614,9 +614,22 @@ def _open(
         if str(engine).lower() == ALL:
             specs += [next(names) for _ in range(len(VARIANTS))]
         for spec in specs:
-            opened.append(load(spec, threads=threads, mirror=mirror, **load_options))
-            loaded.append(opened[-1])
+            for options in _with_plain(spec, load_options):
+                opened.append(load(spec, threads=threads, mirror=mirror, **options))
+                loaded.append(opened[-1])
     return loaded
+
+
+def _with_plain(spec: str | Path, load_options: dict[str, Any]) -> list[dict[str, Any]]:
+    """The load options for a named model: with TTA asked for, the plain engine comes
+    first, so the TTA one is measured next to it (and compared with it, without a baseline)."""
+    from fsanet.api import is_artifact_path
+    from fsanet.tta import NONE
+
+    tta = load_options.get("tta", NONE)
+    if tta == NONE or is_artifact_path(spec):
+        return [load_options]
+    return [{**load_options, "tta": NONE}, load_options]
 
 
 def _entries(
@@ -690,6 +703,8 @@ def _choose_threads(entry: _Entry, feeds: list[np.ndarray], warmup: int) -> Thre
 
 def _label(engine: Any, taken: set[str]) -> str:
     label = f"{model_key(engine.variants)}/{engine.backend}/{engine.precision}"
+    if (tta := getattr(engine, "tta", "none")) != "none":
+        label += f"+{tta}"
     if label in taken:
         label = f"{label}/{engine.name}"
     n = 2
