@@ -67,7 +67,7 @@ def test_matrix_command_writes_the_table(shared, tmp_path, capsys):
     }  # fmt: skip
     text = output.read_text()
     assert "| openvino | fp32 |" in text and "fsanet matrix" in text
-    assert "| onnxruntime | fp16 | - | - |" in text or ("onnxruntime", "fp16") in rows
+    assert "| onnxruntime | fp16 | - | none | - |" in text or ("onnxruntime", "fp16") in rows
 
 
 def test_matrix_with_flip_shows_each_engine_without_and_with_it(shared, capsys):

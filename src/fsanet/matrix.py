@@ -50,9 +50,9 @@ class AccuracyMatrix:
     # Machine.to_dict() of where it ran: reduced precisions' accuracy depends on the CPU (which
     # kernels run, bf16 in hardware or emulated, VNNI or not for int8).
     machine: dict[str, Any]
-    # (backend, precision, calibration method, why no engine): not runnable as labelled on
-    # this CPU, or outside its accuracy bound (the build refuses both).
-    not_built: list[tuple[str, str, str | None, str]] = field(default_factory=list)
+    # (backend, precision, calibration method, TTA, why no engine): not runnable as labelled
+    # on this CPU, or outside its accuracy bound (the build refuses both).
+    not_built: list[tuple[str, str, str | None, str, str]] = field(default_factory=list)
     # TensorFlow fp32 with each TTA asked for (two calls, averaged): what its rows compare with.
     reference_tta: dict[str, AxisErrors] = field(default_factory=dict)
 
@@ -64,8 +64,8 @@ class AccuracyMatrix:
             "reference_tta": {k: v.to_dict() for k, v in self.reference_tta.items()},
             "rows": [r.to_dict() for r in self.rows],
             "not_built": [
-                {"backend": b, "precision": p, "calibration": m, "reason": why}
-                for b, p, m, why in self.not_built
+                {"backend": b, "precision": p, "calibration": m, "tta": t, "reason": why}
+                for b, p, m, t, why in self.not_built
             ],
             "seconds": round(self.seconds, 1),
         }
@@ -90,9 +90,9 @@ class AccuracyMatrix:
                 f"{e.yaw:.2f} | {e.pitch:.2f} | {e.roll:.2f} | {held} | "
                 f"{r.max_abs_diff_deg:.2g} | {verdict} |"
             )
-        for backend, precision, method, why in self.not_built:
+        for backend, precision, method, tta, why in self.not_built:
             lines.append(
-                f"| {backend} | {precision} | {method or '-'} | - | - | - | - | - | - | - | "
+                f"| {backend} | {precision} | {method or '-'} | {tta} | - | - | - | - | - | - | "
                 f"no engine: {why} |"
             )
         return "\n".join(lines)
@@ -163,8 +163,7 @@ def accuracy_matrix(
             )
             artifact = build(options, mirror)
         except FsanetError as e:  # not runnable as labelled here, or outside its bound
-            if mode == NONE:
-                not_built.append((backend, precision, method, str(e)))
+            not_built.append((backend, precision, method, mode, str(e)))
             continue
         with PoseEngine.from_artifact(artifact) as engine:
             ours = fused_predictions(engine, data.images)

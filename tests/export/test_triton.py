@@ -116,6 +116,26 @@ def test_the_model_takes_what_the_config_declares(fusion_artifact: Artifact, tmp
     np.testing.assert_allclose(results[names.index("fusion")], expected, atol=1e-3)
 
 
+def test_a_flip_engine_exports_its_averaged_output_and_views(
+    flip_artifact: Artifact, tmp_path: Path
+):
+    import onnxruntime as ort
+
+    from fsanet.engine import PoseEngine
+
+    export = export_triton(flip_artifact, tmp_path, TritonOptions(measure=False))
+    config = _config(tmp_path / "fsanet_fusion")
+    names = [t.name for t in config.output]
+    assert {"fusion", "fusion/crop", "fusion/mirror"} <= set(names)
+    assert {t.name for t in export.check.outputs} == set(names)  # checked against the model
+    session = ort.InferenceSession(str(tmp_path / "fsanet_fusion" / "1" / "model.onnx"))
+    crops = np.random.default_rng(1).uniform(0, 255, (3, *config.input[0].dims)).astype(np.float32)
+    fused, crop = session.run(["fusion", "fusion/crop"], {config.input[0].name: crops})
+    with PoseEngine.from_artifact(flip_artifact) as engine:
+        np.testing.assert_allclose(fused, engine(crops), atol=1e-3)
+    assert np.abs(fused - crop).max() > 0.01  # the averaged output, not the crop alone
+
+
 def test_openvino_fp32(openvino_artifact: Artifact, tmp_path: Path):
     export = export_triton(openvino_artifact, tmp_path, TritonOptions(measure=False))
     _assert_layout(tmp_path, "fsanet_fusion", ("model.xml", "model.bin"))
