@@ -231,13 +231,26 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from fsanet.tracking import OneEuro
     from fsanet.video import VideoOptions
 
+    if not args.ray and (args.address or args.format != "jsonl"):
+        raise FsanetError("--address and --format parquet go with --ray")
     # JSON Lines go to stdout unless written elsewhere; the summary then goes to stderr.
     jsonl = args.jsonl or (None if args.output else "-")
+    if args.ray:
+        from fsanet.cluster.batch import check_ray
+
+        if args.output:
+            raise FsanetError("--ray writes records only: give --jsonl FILE, not --output")
+        if args.address and args.threads:
+            raise FsanetError("--threads sizes a local cluster: with --address, its CPUs count")
+        if args.format == "parquet" and jsonl == "-":
+            raise FsanetError("--format parquet writes a file: give --jsonl FILE.parquet")
+        check_ray()  # before the engine: without Ray, one line at once
     _check_outputs(args.output, jsonl)
     video = VideoOptions(detect_every=args.detect_every, detect_size=args.detect_size)
+    smooth = OneEuro(args.smooth_min_cutoff, args.smooth_beta) if args.smooth else None
     engine = load(
         args.engine or args.model,
-        threads=args.threads,
+        threads=1 if args.ray else args.threads,  # with --ray, only found (or built) here
         mirror=args.mirror,
         **(
             {"tta": args.tta}
@@ -245,6 +258,30 @@ def cmd_predict(args: argparse.Namespace) -> None:
             else {"backend": args.backend, "precision": args.precision, "tta": args.tta}
         ),
     )
+    if args.ray:  # the workers load the engine's files, sent through Ray's object store
+        from fsanet.cluster.batch import BatchOptions, WorkerOptions, predict_on_ray
+
+        artifact = engine.artifact
+        engine.close()
+        assert artifact is not None
+        worker = WorkerOptions(
+            crop=args.crop,
+            normalize=args.normalize,
+            score_threshold=0.5 if args.score_threshold is None else args.score_threshold,
+            max_faces=args.max_faces,
+            max_pixels=args.max_pixels,
+            max_frames=args.frames,
+            rotation=args.rotation,
+            smooth=smooth,
+            video=video,
+        )
+        options = BatchOptions(args.address, cpus=args.threads, worker=worker)
+        summary = predict_on_ray(
+            args.paths, artifact, options, jsonl=jsonl, fmt=args.format, mirror=args.mirror
+        )
+        text = json.dumps(summary.to_dict(), indent=2) if args.json else str(summary)
+        print(text, file=sys.stderr if jsonl == "-" else sys.stdout)
+        return
     with (
         HeadPoseEstimator(
             engine,
@@ -264,7 +301,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             max_frames=args.frames,
             max_pixels=args.max_pixels,
             rotation=args.rotation,
-            smooth=OneEuro(args.smooth_min_cutoff, args.smooth_beta) if args.smooth else None,
+            smooth=smooth,
             video=video,
         )
     text = json.dumps(summary.to_dict(), indent=2) if args.json else str(summary)
@@ -386,7 +423,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
         **{k: v for k, v in optional.items() if v is not None},  # None: the machine's default
     )
     check_tls(config)  # before the engine loads: a bad certificate fails at once
+    if not args.ray and (args.address or args.replicas):
+        raise FsanetError("--address and --replicas go with --ray")
+    if args.ray:  # before the engine: without Ray, one line at once
+        from fsanet.cluster import FaceOptions, RayOptions, Replicas, serve_on_ray
+
+        options = RayOptions(
+            args.address, args.replicas or Replicas(), replica_cpus=float(args.threads or 1)
+        )
     engine = _engine(args)
+    if args.ray:  # the engine was found (or built) here; the replicas load its files
+        artifact = engine.artifact
+        engine.close()
+        assert artifact is not None
+        faces = None if args.no_faces else FaceOptions(score_threshold=args.score_threshold)
+        serve_on_ray(artifact, config, options, faces, args.mirror)
+        return
     try:
         estimator = None
         if not args.no_faces:
@@ -686,6 +738,24 @@ def _args_predict(p: argparse.ArgumentParser) -> None:
     )
     _add_detect_options(p)
     _add_face_options(p, "0.5")
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="run on Ray Data (the `cluster` extra): files or pyarrow URIs (file://, s3://, "
+        "gs://...) over a pool of workers, records in source order (docs/SCALING.md)",
+    )
+    p.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="--ray: an existing cluster (default: a local one on 127.0.0.1 with --threads "
+        "CPUs, one worker each, stopped at the end)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "parquet"),
+        default="jsonl",
+        help="--ray: the --jsonl file as JSON Lines (default) or Parquet, with the same rows",
+    )
 
 
 def _add_detect_options(p: argparse.ArgumentParser) -> None:
@@ -830,6 +900,33 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssl-certfile", metavar="FILE", help="serve HTTPS: the PEM certificate chain")
     p.add_argument(
         "--ssl-keyfile", metavar="FILE", help="its private key (if not in the certificate file)"
+    )
+
+    def replicas(text: str) -> Any:
+        from fsanet.cluster.config import Replicas  # no Ray import
+
+        try:
+            return Replicas.parse(text)
+        except FsanetError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="run the engine and the face detector as Ray Serve replicas (docs/SCALING.md; "
+        "pip install 'fsanet[cluster]'); --threads is then per replica (default 1)",
+    )
+    p.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="--ray: an existing cluster's address (default: start a local one on 127.0.0.1)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=replicas,
+        metavar="N|MIN-MAX|auto",
+        help="--ray: replicas of the pose and of the detection deployment each (1); MIN-MAX "
+        "or auto (1 to the cluster's CPUs): autoscaling on requests in flight",
     )
 
 

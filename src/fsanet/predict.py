@@ -11,6 +11,7 @@ pose run as a pipeline (`fsanet.video`). The angle convention and
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import sys
@@ -364,7 +365,7 @@ def jsonl_writer(path: str | Path | None) -> Iterator[IO[str] | None]:
                 yield out
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """An input skipped with a reason."""
 
 
@@ -373,7 +374,12 @@ def _read_image(path: str, max_pixels: int) -> np.ndarray:
     try:
         data = np.fromfile(path, np.uint8)
     except OSError as e:
-        raise _Refused(f"cannot be read ({e.strerror or e})") from e
+        raise Refused(f"cannot be read ({e.strerror or e})") from e
+    return decode_image(data, max_pixels)
+
+
+def decode_image(data: np.ndarray, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file's bytes (uint8) as a BGR image, or Refused saying why not."""
     # PNG and JPEG say their size in the header: a bomb is refused before it is decoded;
     # other formats are checked once decoded (OpenCV itself refuses over 2^30 pixels).
     size = image_size(data[:65536].tobytes())
@@ -381,14 +387,14 @@ def _read_image(path: str, max_pixels: int) -> np.ndarray:
         _check_pixels(*size, max_pixels)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise _Refused("not an image OpenCV can decode")
+        raise Refused("not an image OpenCV can decode")
     _check_pixels(image.shape[1], image.shape[0], max_pixels)
     return image
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
-        raise _Refused(
+        raise Refused(
             f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels} "
             "(--max-pixels)"
         )
@@ -428,18 +434,13 @@ def predict(
         for source in images:
             try:
                 image = _read_image(source.location, max_pixels)
-            except _Refused as e:
+            except Refused as e:
                 _fail(summary, source, str(e))
                 continue
             finally:
                 bar.update()
             faces = estimator(image)
-            summary.images += 1
-            summary.faces += len(faces)
-            _note_truncated(summary, source, faces)
-            _emit(
-                jsonl, [_record(source, None, i, f, rotation=rotation) for i, f in enumerate(faces)]
-            )
+            _emit(jsonl, image_records(source, faces, summary, rotation))
             if out_dir is not None:
                 target = out_dir / source.name
                 if target.suffix.lower() not in IMAGE_SUFFIXES:
@@ -464,6 +465,33 @@ def predict(
     if len(summary.failed) == len(sources):
         raise FsanetError(f"no input could be read ({len(sources)} tried)")
     return summary
+
+
+def image_records(
+    source: Source, faces: Faces, summary: PredictSummary, rotation: bool = False
+) -> list[dict[str, Any]]:
+    """The JSON Lines records of one image's faces, counted into `summary`."""
+    summary.images += 1
+    summary.faces += len(faces)
+    _note_truncated(summary, source, faces)
+    return [_record(source, None, i, f, rotation=rotation) for i, f in enumerate(faces)]
+
+
+def video_records(
+    source: Source,
+    estimator: HeadPoseEstimator,
+    summary: PredictSummary,
+    *,
+    max_frames: int | None = None,
+    rotation: bool = False,
+    smooth: OneEuro | None = None,
+    video: VideoOptions | None = None,
+) -> list[dict[str, Any]]:
+    """The JSON Lines records of one video file in frame order, counted into `summary` (a
+    video is one unit: its faces are tracked frame by frame)."""
+    out = io.StringIO()
+    _run_video(source, estimator, summary, None, out, max_frames, rotation, smooth, video)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
 def _note_truncated(

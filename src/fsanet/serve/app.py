@@ -19,11 +19,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -75,6 +75,7 @@ from fsanet.serve.ratelimit import RateLimit, TokenBuckets
 if TYPE_CHECKING:
     from fsanet.engine import PoseEngine
     from fsanet.predict import HeadPoseEstimator
+    from fsanet.vision.detect import Detector
 
 ENDPOINTS = ("/v1/pose", "/v1/pose/crops", "/healthz", "/readyz", "/metrics")
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
@@ -150,26 +151,60 @@ class _ClientGone(Exception):
     pass
 
 
+# What detection gives for one image: the kept detections, their crops, the faces found.
+Detected = tuple[list[Any], np.ndarray, int]
+
+
+class FaceCropper(Protocol):
+    """What detection reads of a HeadPoseEstimator: its detector and crop settings."""
+
+    detector: Detector
+    crop: str
+    margin: float
+    normalize: bool
+
+
+@dataclass(frozen=True)
+class Offload:
+    """The engine and the detector running elsewhere (fsanet.cluster: Ray replicas) instead
+    of in this process: `infer` turns a batch of checked float32 crops into angles (up to
+    `concurrency` batches of up to `max_batch` crops at once; None: the config's), `detect`
+    turns an image's bytes into `Detected` (None: no face detection). Both raise HttpError
+    for what the client should see."""
+
+    infer: Callable[[np.ndarray], Awaitable[np.ndarray]]
+    detect: Callable[[bytes], Awaitable[Detected]] | None
+    concurrency: int = 1
+    max_batch: int | None = None
+
+
 class PoseService:
-    """The state behind the routes: engine, batcher, detector, metrics."""
+    """The state behind the routes: engine, batcher, detector, metrics.
+
+    With `remote`, the engine and the detector are `remote`'s, and only `engine.name` and
+    `engine.variants` are read."""
 
     def __init__(
         self,
         engine: PoseEngine,
         config: ServeConfig,
         estimator: HeadPoseEstimator | None = None,
+        remote: Offload | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
         self.limits = config.limits
         self.estimator = estimator
+        self.remote = remote
+        self.faces = estimator is not None or (remote is not None and remote.detect is not None)
         self.in_flight = 0
         self.draining = False
         self.batcher = DynamicBatcher(
-            self._infer,
-            max_batch=config.max_batch,
+            self._infer if remote is None else remote.infer,
+            max_batch=config.max_batch if remote is None else remote.max_batch or config.max_batch,
             max_wait_ms=config.max_wait_ms,
             max_queue=config.limits.max_queue,
+            concurrency=1 if remote is None else remote.concurrency,
         )
         self.budget = MemoryBudget(
             int(config.max_inflight_mb * MB),
@@ -311,10 +346,14 @@ class _Observe:
 
 
 def create_app(
-    engine: PoseEngine, config: ServeConfig, estimator: HeadPoseEstimator | None = None
+    engine: PoseEngine,
+    config: ServeConfig,
+    estimator: HeadPoseEstimator | None = None,
+    remote: Offload | None = None,
 ) -> FastAPI:
-    """The ASGI app. `estimator` (detector + crop settings) enables `POST /v1/pose`."""
-    service = PoseService(engine, config, estimator)
+    """The ASGI app. `estimator` (detector + crop settings) enables `POST /v1/pose`; `remote`
+    runs the engine and the detector elsewhere (see `Offload`)."""
+    service = PoseService(engine, config, estimator, remote)
     limits = config.limits
 
     @asynccontextmanager
@@ -403,7 +442,7 @@ def create_app(
         ),
     )
     async def pose_image(request: Request) -> Response:
-        if service.estimator is None:
+        if not service.faces:
             raise HttpError(503, "face detection is not loaded on this server")
         kind = media_type(request.headers.get("content-type"))
         if kind not in (*IMAGE_TYPES, "multipart/form-data"):
@@ -421,9 +460,13 @@ def create_app(
         image_cost = width * height * 3 * 2
         crops_cost = limits.max_crops * (CROP_BYTES + CROP_BYTES // 4)
         async with service.budget.reserve(len(body) + image_cost + crops_cost) as held:
-            detections, crops, total = await loop.run_in_executor(
-                service.vision, _decode_and_detect, service, data
-            )
+            if service.remote is not None and service.remote.detect is not None:
+                detections, crops, total = await service.remote.detect(data)
+            else:
+                assert service.estimator is not None
+                detections, crops, total = await loop.run_in_executor(
+                    service.vision, decode_and_detect, data, limits, service.estimator
+                )
             held.shrink(image_cost)
             faces = []
             if detections:
@@ -467,7 +510,7 @@ def create_app(
                 "status": "ready",
                 "model": engine.name,
                 "variants": engine.variants,
-                "faces": service.estimator is not None,
+                "faces": service.faces,
                 "max_batch": config.max_batch,
                 "max_wait_ms": config.max_wait_ms,
             }
@@ -501,17 +544,15 @@ def _parse_crops_json(body: bytes, limits: Limits) -> np.ndarray:
     return check_crops(parse_crops_json(body, limits), limits)
 
 
-def _decode_and_detect(service: PoseService, data: bytes) -> tuple[list[Any], np.ndarray, int]:
+def decode_and_detect(data: bytes, limits: Limits, estimator: FaceCropper) -> Detected:
     """One job: the decoded image never waits in a queue, and is freed when it returns.
     Returns the kept detections, their crops and how many faces were found."""
     from fsanet.vision.crop import crop_faces
 
-    image = decode_image(data, service.limits)
-    estimator = service.estimator
-    assert estimator is not None
+    image = decode_image(data, limits)
     # Best score first; keep at most `max_crops` faces so one image cannot flood the engine.
     found = estimator.detector.detect(image)
-    detections = found[: service.limits.max_crops]
+    detections = found[: limits.max_crops]
     crops = crop_faces(image, detections, estimator.crop, estimator.margin, estimator.normalize)
     return detections, crops, len(found)
 
@@ -561,20 +602,22 @@ def serve(
     engine: PoseEngine,
     config: ServeConfig | None = None,
     estimator: HeadPoseEstimator | None = None,
+    remote: Offload | None = None,
 ) -> None:
     """Run the service until SIGINT/SIGTERM; shutdown lets requests in flight finish."""
     config = config or ServeConfig()
-    engine.warm_up(config.max_batch)  # before listening: no request waits for it
+    if remote is None:  # remote replicas warm up their own engines
+        engine.warm_up(config.max_batch)  # before listening: no request waits for it
     check_tls(config)  # a bad certificate or key: one line now, not a traceback in uvicorn
-    app = create_app(engine, config, estimator)
+    app = create_app(engine, config, estimator, remote)
     sock = listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if config.ssl_certfile else "http"
     print(f"fsanet serve: listening on {scheme}://{shown}:{port}", flush=True)
-    for line in startup_lines(engine.name, config, faces=estimator is not None, host=host):
-        print(line, file=sys.stderr, flush=True)
     service: PoseService = app.state.service
+    for line in startup_lines(engine.name, config, faces=service.faces, host=host):
+        print(line, file=sys.stderr, flush=True)
     protocol = limited_protocol(
         max_header_bytes=config.max_header_bytes,
         header_timeout_s=config.header_timeout_s,

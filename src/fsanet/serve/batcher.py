@@ -6,14 +6,18 @@ oldest has waited `max_wait_ms`, then runs the engine on a thread of its own so 
 loop keeps accepting requests meanwhile. While the engine is busy, the queue fills, so under
 load the next batch leaves at once: the wait only costs latency when the server is idle.
 `max_batch=1` turns batching off (one engine call per request, in arrival order).
+
+An engine elsewhere (`fsanet.cluster`: replicas on Ray) is an async `infer`; with
+`concurrency` > 1 that many batches may be in flight at once, one per replica or more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -38,16 +42,20 @@ class DynamicBatcher:
 
     def __init__(
         self,
-        infer: Callable[[np.ndarray], np.ndarray],
+        infer: Callable[[np.ndarray], np.ndarray] | Callable[[np.ndarray], Awaitable[np.ndarray]],
         *,
         max_batch: int = 32,
         max_wait_ms: float = 5.0,
         max_queue: int = 4096,
         metrics: ServeMetrics | None = None,
+        concurrency: int = 1,
     ) -> None:
-        if max_batch < 1 or max_wait_ms < 0 or max_queue < 1:
-            raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms >= 0")
+        if max_batch < 1 or max_wait_ms < 0 or max_queue < 1 or concurrency < 1:
+            raise ValueError("max_batch, max_queue and concurrency must be >= 1, max_wait_ms >= 0")
         self._infer = infer
+        self._remote = inspect.iscoroutinefunction(infer)
+        self.concurrency = concurrency
+        self._batches: set[asyncio.Task[None]] = set()
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -99,36 +107,57 @@ class DynamicBatcher:
 
     async def _run(self) -> None:
         assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
+        # A slot is taken before gathering: while every slot is busy the queue fills, so the
+        # next batch leaves full as soon as one frees.
+        slots = asyncio.Semaphore(self.concurrency)
         while True:
             while not self._queue:
                 if self._closing:
+                    if self._batches:
+                        await asyncio.wait(self._batches)
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            await slots.acquire()
             await self._gather()
             jobs = self._take()
             if not jobs:
+                slots.release()
                 continue
-            batch = jobs[0].crops if len(jobs) == 1 else np.concatenate([j.crops for j in jobs])
-            start = time.perf_counter()
-            try:
+            task = asyncio.get_running_loop().create_task(self._run_batch(jobs, slots))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _run_batch(self, jobs: list[_Job], slots: asyncio.Semaphore) -> None:
+        try:
+            await self._run_jobs(jobs)
+        finally:
+            slots.release()
+
+    async def _run_jobs(self, jobs: list[_Job]) -> None:
+        batch = jobs[0].crops if len(jobs) == 1 else np.concatenate([j.crops for j in jobs])
+        start = time.perf_counter()
+        try:
+            if self._remote:
+                angles = await self._infer(batch)  # type: ignore[misc]
+            else:
+                loop = asyncio.get_running_loop()
                 angles = await loop.run_in_executor(self._executor, self._infer, batch)
-            except Exception as e:  # a failed batch fails its requests, never the server
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-                continue
-            if self.metrics is not None:
-                self.metrics.batch_size.observe(len(batch))
-                self.metrics.engine_seconds.observe(time.perf_counter() - start)
-                self.metrics.crops.inc(len(batch))
-            offset = 0
+        except Exception as e:  # a failed batch fails its requests, never the server
             for job in jobs:
-                n = len(job.crops)
                 if not job.future.done():
-                    job.future.set_result(angles[offset : offset + n])
-                offset += n
+                    job.future.set_exception(e)
+            return
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(batch))
+            self.metrics.engine_seconds.observe(time.perf_counter() - start)
+            self.metrics.crops.inc(len(batch))
+        offset = 0
+        for job in jobs:
+            n = len(job.crops)
+            if not job.future.done():
+                job.future.set_result(angles[offset : offset + n])
+            offset += n
 
     async def _gather(self) -> None:
         """Wait until `max_batch` crops are queued or the oldest job's wait is over."""
