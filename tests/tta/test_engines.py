@@ -155,7 +155,8 @@ def test_predict_takes_tta(flip_artifact, flip_engine, shared, tmp_path, run_cli
     image = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)
     (face,) = HeadPoseEstimator(flip_engine)(image)
     assert [record["yaw"], record["pitch"], record["roll"]] == pytest.approx(
-        [face.yaw, face.pitch, face.roll], abs=0.006  # records keep 2 decimals
+        [face.yaw, face.pitch, face.roll],
+        abs=0.006,  # records keep 2 decimals
     )
 
 
