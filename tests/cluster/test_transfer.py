@@ -78,3 +78,28 @@ def test_pack_reads_the_named_files_only(tmp_path: Path):
     assert package.files == {"model.onnx": b"abc"}
     assert package.sha256 == {"model.onnx": hashlib.sha256(b"abc").hexdigest()}
     assert package.size == 3 and package.name == tmp_path.name
+
+
+def test_a_killed_replicas_folder_is_removed_by_the_next(
+    fusion_artifact: Artifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    # A replica that unpacked and died without cleaning up (a cluster's shutdown kills them).
+    script = "from fsanet.cluster.transfer import scratch_folder; print(scratch_folder('replica'))"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    left = Path(child.stdout.strip())
+    assert child.returncode == 0 and left.is_dir() and left.parent == tmp_path / "fsanet-replica"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    files = Unpacked(pack_artifact(fusion_artifact))
+    try:
+        assert not left.exists()  # its owner is gone: removed
+        assert files.path.parent.parent == tmp_path / "fsanet-replica"
+        assert files.artifact().name == fusion_artifact.name
+    finally:
+        files.close()
+    assert list((tmp_path / "fsanet-replica").iterdir()) == []

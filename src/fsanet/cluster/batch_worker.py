@@ -10,18 +10,15 @@ each file gives one output row, its records as JSON Lines text and what happened
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from fsanet.artifact import Artifact
-from fsanet.cluster.transfer import Package, unpack
-from fsanet.files import remove_stale_temps
+from fsanet.cluster.transfer import Package, scratch_folder, unpack
 from fsanet.predict import (
     MAX_FACES,
     MAX_PIXELS,
@@ -76,7 +73,7 @@ class Poser:
         cv2.setNumThreads(options.threads)
         self.options = options
         self.units: dict[str, list[tuple[int, str, str]]] = ray.get(units)
-        self._scratch = _scratch_folder()
+        self._scratch = scratch_folder("batch")
         try:
             engine_files: Package = ray.get(engine)
             detector_files: Package = ray.get(detector)
@@ -158,16 +155,6 @@ class Poser:
 
     def __del__(self) -> None:  # the actor is going: its files with it
         self.close()
-
-
-def _scratch_folder() -> Path:
-    """A folder of this worker's own for the engine, YuNet and a video being read; named with
-    its process id, so that the next worker on the node removes it if Ray killed this one
-    before `close` (as `fsanet.files.remove_stale_temps` does for every temporary file)."""
-    parent = Path(tempfile.gettempdir()) / "fsanet-batch"
-    parent.mkdir(exist_ok=True)
-    remove_stale_temps(parent)
-    return Path(tempfile.mkdtemp(prefix=f".worker.{os.getpid()}.", suffix=".tmp", dir=parent))
 
 
 def _rows(results: dict[int, tuple[list[dict[str, Any]], PredictSummary]]) -> dict[str, list[Any]]:

@@ -8,6 +8,7 @@ on arrival, then the artifact's own manifest check runs as well. A replica never
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from fsanet.artifact import MANIFEST, Artifact
 from fsanet.errors import ArtifactError
+from fsanet.files import remove_stale_temps
 
 
 class TransferError(ArtifactError):
@@ -74,11 +76,22 @@ def _plain(name: str) -> bool:
     return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
 
 
+def scratch_folder(kind: str) -> Path:
+    """A temporary folder of this process (a replica or worker) under the system's temporary
+    directory, `fsanet-<kind>/`. It is named with the process id, so that the next one on the
+    node removes it if Ray killed this process before it could (a cluster's shutdown kills
+    replicas without running their clean-up), as `remove_stale_temps` does for builds."""
+    parent = Path(tempfile.gettempdir()) / f"fsanet-{kind}"
+    parent.mkdir(exist_ok=True)
+    remove_stale_temps(parent)
+    return Path(tempfile.mkdtemp(prefix=f".worker.{os.getpid()}.", suffix=".tmp", dir=parent))
+
+
 class Unpacked:
     """A package unpacked into a temporary folder of this process, removed by `close`."""
 
     def __init__(self, package: Package) -> None:
-        self._parent = Path(tempfile.mkdtemp(prefix="fsanet-replica-"))
+        self._parent = scratch_folder("replica")
         try:
             self.path = unpack(package, self._parent)
         except BaseException:
