@@ -49,14 +49,17 @@ def int8_engines(fusion_artifact) -> dict[str, Path | str]:
 
 
 @pytest.fixture(scope="module")
-def avx2(int8_engines, aflw2000, tmp_path_factory) -> dict:
+def avx2(int8_engines, flip_artifact, aflw2000, tmp_path_factory) -> dict:
     """What the emulated AVX2 CPU reports and computes (one qemu process)."""
     assert QEMU is not None, "CI installs qemu-user: it must be here"
     crops = aflw2000.evaluation_subset().images[:: 1969 // NUM_CROPS][:NUM_CROPS]
     path = tmp_path_factory.mktemp("isa") / "crops.npy"
     np.save(path, crops)
     task = {
-        "engines": {k: str(v) for k, v in int8_engines.items() if isinstance(v, Path)},
+        "engines": {
+            **{k: str(v) for k, v in int8_engines.items() if isinstance(v, Path)},
+            "flip": str(flip_artifact.path),
+        },
         "crops": str(path),
     }
     probe = Path(__file__).with_name("isa_probe.py")
@@ -112,6 +115,14 @@ def test_an_engine_built_on_another_cpu_class_says_so(avx2, fusion_artifact):
 def test_fp32_runs_the_same_on_avx2(avx2, fusion_engine):
     here = fusion_engine(avx2["crops"])
     there = np.asarray(avx2["angles"]["fp32"])
+    assert np.abs(here - there).max() < 1e-3
+
+
+def test_flip_tta_runs_the_same_on_avx2(avx2, flip_artifact):
+    """The flip pass (mirror, concatenate, average) adds no kernel that differs by ISA."""
+    with PoseEngine.from_artifact(flip_artifact) as engine:
+        here = engine(avx2["crops"])
+    there = np.asarray(avx2["angles"]["flip"])
     assert np.abs(here - there).max() < 1e-3
 
 
