@@ -12,7 +12,7 @@ from fsanet.datasets import load_aflw2000
 from fsanet.engine import PoseEngine
 from fsanet.errors import ArtifactError, FsanetError
 from fsanet.evaluate import EvalReport, evaluate
-from fsanet.tta import NONE
+from fsanet.tta import NONE, engine_mode
 
 
 def load(
@@ -49,7 +49,7 @@ def is_artifact_path(model: str | Path) -> bool:
 
 
 def _check_tta(artifact: Artifact, asked: str) -> None:
-    built = artifact.manifest.extra.get("tta", {}).get("mode", NONE)
+    built = engine_mode(artifact.manifest.extra)
     if asked != NONE and built != asked:
         raise FsanetError(
             f"engine {artifact.path} was built without --tta {asked}: build one with it "

@@ -14,7 +14,7 @@ from fsanet.artifact import Artifact
 from fsanet.backends import Runner, check_images, runner_class
 from fsanet.backends.base import executed_precision
 from fsanet.fetch import fetch
-from fsanet.tta import NONE, VIEWS, is_view, view_name
+from fsanet.tta import NONE, VIEWS, engine_mode, is_view, view_name
 from fsanet.zoo import FUSION, Variant, resolve_variants
 
 
@@ -55,7 +55,7 @@ class PoseEngine:
         """The test-time augmentation inside the engine's graph: "none" or "flip"."""
         if self.artifact is None:
             return NONE
-        return self.artifact.manifest.extra.get("tta", {}).get("mode", NONE)
+        return engine_mode(self.artifact.manifest.extra)
 
     @property
     def runners(self) -> list[Runner]:

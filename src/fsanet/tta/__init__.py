@@ -38,6 +38,11 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def engine_mode(extra: dict) -> str:
+    """The TTA an engine was built with, from its manifest's `extra` block."""
+    return extra.get("tta", {}).get("mode", NONE)
+
+
 def view_name(output: str, view: str) -> str:
     return f"{output}{VIEW_SEPARATOR}{view}"
 
