@@ -79,10 +79,12 @@ def test_cli_bench_end_to_end_ablate_runs_each_piece_with_records_unchanged(
     runs = json.loads(capsys.readouterr().out)["runs"]
     assert [r["run"] for r in runs] == [
         "sequential",
+        "sequential, OpenCV's detector",
         "pipelined, 1 frame per engine call",
         "pipelined",
         "pipelined, cores split",
     ]
-    for run in runs[1:]:
+    assert [r["detector"] for r in runs[:3]] == ["onnxruntime", "opencv", "onnxruntime"]
+    for run in runs[1:]:  # OpenCV's YuNet finds the same faces: the same records
         same = run["change_vs_reference"]
         assert same["yaw"] == same["pitch"] == same["roll"] == 0.0 and same["matched"] == 1.0

@@ -574,7 +574,8 @@ def _run_video(
                         for i, f in enumerate(faces)
                     ],
                 )
-                writer.write(annotate(frame.image, faces))
+                if writer.active:  # drawing costs ~1 ms a frame: only for an output
+                    writer.write(annotate(frame.image, faces))
                 end = time.perf_counter()
                 frame.seconds["write"] = end - written
                 frame.seconds["latency"] = end - frame.started
@@ -618,6 +619,11 @@ class _VideoOut:
                 self.target.parent.mkdir(parents=True, exist_ok=True)
                 self._tmp.touch()
         return self
+
+    @property
+    def active(self) -> bool:
+        """Whether frames are written (an output was asked for)."""
+        return self._tmp is not None
 
     def write(self, frame: np.ndarray) -> None:
         if self._tmp is None:

@@ -16,6 +16,7 @@ from fsanet.errors import FsanetError
 from fsanet.predict import HeadPoseEstimator, predict
 from fsanet.tracking import OneEuro
 from fsanet.video import FaceStages, VideoFrame, VideoOptions, core_split, video_frames
+from fsanet.vision.detect import YuNet
 
 pytestmark = pytest.mark.real
 
@@ -144,17 +145,23 @@ def test_the_pipeline_shares_the_cores_while_it_runs_and_puts_them_back(
 ) -> None:
     clip = shared / "videos" / "talking-head.mp4"
     runners = [p.runner for p in estimator.engine._parts]
-    before = (cv2.getNumThreads(), [r.threads for r in runners])
-    during: list[tuple[int, list[int]]] = []
+    detector = estimator.detector
+    assert isinstance(detector, YuNet)
+
+    def now() -> tuple[int, int, list[int]]:
+        return cv2.getNumThreads(), detector.threads, [r.threads for r in runners]
+
+    before = now()
+    during: list[tuple[int, int, list[int]]] = []
 
     def look(frame: VideoFrame) -> None:
-        during.append((cv2.getNumThreads(), [r.threads for r in runners]))
+        during.append(now())
 
     split = VideoOptions(split_cores=True)
     predict([str(clip)], estimator, max_frames=3, video=split, on_frame=look)
     detect, engine = core_split(available_cpus())
-    assert during[0] == (detect, [min(t, engine) for t in before[1]])
-    assert (cv2.getNumThreads(), [r.threads for r in runners]) == before
+    assert during[0] == (detect, detect, [min(t, engine) for t in before[2]])
+    assert now() == before
     # Without the split, and sequentially, nothing is changed
     options = [VideoOptions(), VideoOptions(pipelined=False, split_cores=True)]
     for option in options:
@@ -164,7 +171,7 @@ def test_the_pipeline_shares_the_cores_while_it_runs_and_puts_them_back(
 
 
 def test_a_failing_stage_still_puts_the_cores_back(estimator: HeadPoseEstimator) -> None:
-    before = cv2.getNumThreads()
+    before = cv2.getNumThreads(), estimator.detector.threads  # type: ignore[attr-defined]
     stages = FaceStages(estimator, VideoOptions(split_cores=True))
 
     def frames():
@@ -173,4 +180,4 @@ def test_a_failing_stage_still_puts_the_cores_back(estimator: HeadPoseEstimator)
 
     with pytest.raises(RuntimeError, match="decoder broke"):
         list(video_frames(frames(), stages))
-    assert cv2.getNumThreads() == before
+    assert (cv2.getNumThreads(), estimator.detector.threads) == before  # type: ignore[attr-defined]

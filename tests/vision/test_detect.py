@@ -70,3 +70,64 @@ def test_threads_share_one_detector_safely(yunet: YuNet, shared: Path) -> None:
     with ThreadPoolExecutor(4) as pool:
         parallel = list(pool.map(yunet.detect, photos))
     assert [[d.box for d in ds] for ds in parallel] == [[d.box for d in ds] for ds in serial]
+
+
+def frames(shared: Path, clip: str, count: int) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(shared / "videos" / clip))
+    try:
+        return [capture.read()[1] for _ in range(count)]
+    finally:
+        capture.release()
+
+
+def test_onnxruntime_finds_the_faces_opencv_finds(yunet: YuNet, shared: Path) -> None:
+    # Our decoding and NMS against OpenCV's own FaceDetectorYN, on the same model file.
+    opencv = YuNet(runtime="opencv")
+    with zipfile.ZipFile(shared / "datasets" / "AFLW2000-3D.zip") as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".jpg"))[::50]
+        photos = [cv2.imdecode(np.frombuffer(z.read(n), np.uint8), cv2.IMREAD_COLOR) for n in names]
+    images = photos + frames(shared, "classroom.mp4", 12)
+    faces = 0
+    for image in images:
+        ours, theirs = yunet.detect(image), opencv.detect(image)
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_allclose(a.box, b.box, atol=1e-3)
+            np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)  # type: ignore[arg-type]
+            assert abs(a.score - b.score) < 1e-5
+        faces += len(ours)
+    assert faces > len(images)  # the classroom frames have 7 faces each
+
+
+def test_the_thread_count_may_change_between_calls(shared: Path) -> None:
+    detector = YuNet(threads=1)
+    image = photo(shared, 2)
+    one = detector.detect(image)
+    detector.threads = 2
+    assert [d.box for d in detector.detect(image)] == [d.box for d in one]
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "opencv"])
+def test_a_file_that_is_not_yunet_is_a_clear_error(tmp_path: Path, runtime: str) -> None:
+    bad = tmp_path / "yunet.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(FsanetError, match="cannot be loaded as a YuNet model"):
+        YuNet(bad, runtime=runtime)
+    with pytest.raises(FsanetError, match="unknown detector runtime"):
+        YuNet(bad, runtime="tflite")
+
+
+def test_an_onnx_model_without_yunet_outputs_is_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["cls_8"])],
+        "not-yunet",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("cls_8", TensorProto.FLOAT, [1, 3, 32, 32])],
+    )
+    model = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), model)
+    with pytest.raises(FsanetError, match="is not a YuNet model: it has no output"):
+        YuNet(model)

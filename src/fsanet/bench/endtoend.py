@@ -10,13 +10,16 @@ records written), and against the reference the mean |change| of yaw, pitch and 
 over the faces matched frame by frame (IoU >= 0.5), the share of its faces matched and
 the longest run of frames a reference face went without a match.
 
-With `ablate`, every pipelined run is made three ways, side by side: one frame per
-engine call (the pipeline as first built), a file's frames batched (the default), and
-batched with the cores split between detector and engine (`VideoOptions.split_cores`).
+With `ablate`, the reference is also run with OpenCV's own YuNet (`cv2.FaceDetectorYN`,
+the detector before it moved to ONNX Runtime), and every pipelined run is made three
+ways, side by side: one frame per engine call (the pipeline as first built), a file's
+frames batched (the default), and batched with the cores split between detector and
+engine (`VideoOptions.split_cores`).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, replace
@@ -34,6 +37,7 @@ from fsanet.video import STAGES, VideoFrame, VideoOptions
 
 if TYPE_CHECKING:
     from fsanet.predict import HeadPoseEstimator
+    from fsanet.vision.detect import Detector
 
 MATCH_IOU = 0.5  # the same face in two runs: boxes from one detector barely move
 WARMUP_FRAMES = 5  # the engine's and detector's first calls are slow: not timed
@@ -73,14 +77,20 @@ class EndToEndRun:
     stages: dict[str, float]  # mean ms per frame
     latency: LatencyStats
     change: AngleChange | None  # None for the reference itself
+    detector: str = "onnxruntime"  # YuNet's runtime (fsanet.vision.detect.RUNTIMES)
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
+    def describe(self) -> str:
+        opencv = ", OpenCV's detector" if self.detector == "opencv" else ""
+        return self.options.describe() + opencv
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "run": self.options.describe(),
+            "run": self.describe(),
+            "detector": self.detector,
             "detect_every": self.options.detect_every,
             "detect_size": self.options.detect_size,
             "pipelined": self.options.pipelined,
@@ -113,7 +123,7 @@ class EndToEndVideoReport:
 
     def __str__(self) -> str:
         ref = self.runs[0]
-        width = max(44, *(len(r.options.describe()) + 2 for r in self.runs))
+        width = max(44, *(len(r.describe()) + 2 for r in self.runs))
         lines = [
             f"fsanet bench --end-to-end {self.video} ({self.size[0]}x{self.size[1]}, "
             f"{ref.frames} frames, {ref.faces / max(ref.frames, 1):.1f} faces/frame)",
@@ -126,18 +136,22 @@ class EndToEndVideoReport:
         ]
         for run in self.runs:
             lines.append(
-                f"{run.options.describe():<{width}}{run.fps:>9.1f}{run.fps / ref.fps:>6.2f}"
+                f"{run.describe():<{width}}{run.fps:>9.1f}{run.fps / ref.fps:>6.2f}"
                 + "".join(f"{run.stages.get(s, 0.0):>8.2f}" for s in STAGES)
                 + f"{run.latency.p50:>8.1f}{run.latency.p90:>8.1f}{run.latency.p99:>8.1f}"
             )
-        changed = [r for r in self.runs if r.change is not None and r.options.real_time]
+        changed = [
+            r
+            for r in self.runs
+            if r.change is not None and (r.options.real_time or r.detector != ref.detector)
+        ]
         if changed:
-            lines += ["", f"angles against '{ref.options.describe()}' (faces matched by IoU):"]
+            lines += ["", f"angles against '{ref.describe()}' (faces matched by IoU):"]
             for run in changed:
                 c = run.change
                 assert c is not None
                 lines.append(
-                    f"{run.options.describe():<{width}} mean |change| yaw {c.yaw:.2f}, pitch "
+                    f"{run.describe():<{width}} mean |change| yaw {c.yaw:.2f}, pitch "
                     f"{c.pitch:.2f}, roll {c.roll:.2f} deg (worst track {c.worst_track:.2f}); "
                     f"{100 * c.matched:.1f}% of faces matched, longest gap {c.longest_gap}"
                 )
@@ -153,11 +167,12 @@ def bench_end_to_end(
     ablate: bool = False,
 ) -> EndToEndVideoReport:
     """Run `video` sequentially (the reference), pipelined, then with each of `options`;
-    with `ablate`, each pipelined run also with one frame per engine call and with the
-    cores split between the stages."""
+    with `ablate`, the reference also with OpenCV's YuNet, and each pipelined run also
+    with one frame per engine call and with the cores split between the stages."""
     import cv2
 
     from fsanet.predict import predict
+    from fsanet.vision.detect import YuNet
 
     capture = cv2.VideoCapture(str(video))
     opened = capture.isOpened()
@@ -165,7 +180,8 @@ def bench_end_to_end(
     capture.release()
     if not opened or not Path(video).is_file():
         raise FsanetError(f"{video} cannot be opened as a video")
-    plans = [VideoOptions(pipelined=False), VideoOptions()]
+    sequential = VideoOptions(pipelined=False)
+    plans = [sequential, VideoOptions()]
     plans += [o for o in options or [] if o not in plans]
     if ablate:
         plans = [
@@ -177,15 +193,23 @@ def bench_end_to_end(
                 else [plan]
             )
         ]
+    estimators = {"default": estimator}
+    detector = estimator.detector
+    if ablate and isinstance(detector, YuNet) and detector.runtime != "opencv":
+        estimators["opencv"] = _with_detector(estimator, detector.with_runtime("opencv"))
+    steps = [("default", plan) for plan in plans]
+    if "opencv" in estimators:
+        steps.insert(1, ("opencv", sequential))  # right after its reference
     with open(os.devnull, "w", encoding="utf-8") as null:
-        predict([str(video)], estimator, jsonl=null, max_frames=WARMUP_FRAMES)
+        for each in estimators.values():
+            predict([str(video)], each, jsonl=null, max_frames=WARMUP_FRAMES)
         runs: list[EndToEndRun] = []
         reference: _Faces | None = None
-        for plan in plans:
+        for which, plan in steps:
             seen: list[VideoFrame] = []
             start = time.perf_counter()
             summary = predict(
-                [str(video)], estimator, jsonl=null, max_frames=max_frames, video=plan,
+                [str(video)], estimators[which], jsonl=null, max_frames=max_frames, video=plan,
                 on_frame=seen.append,
             )  # fmt: skip
             seconds = time.perf_counter() - start
@@ -200,6 +224,7 @@ def bench_end_to_end(
                     {s: 1e3 * sum(f.seconds.get(s, 0.0) for f in seen) / len(seen) for s in STAGES},
                     LatencyStats.from_seconds([f.seconds["latency"] for f in seen]),
                     None if not runs else angle_change(reference, faces),
+                    _runtime(estimators[which].detector),
                 )
             )
     e = estimator.engine
@@ -207,6 +232,17 @@ def bench_end_to_end(
     return EndToEndVideoReport(
         str(video), size, engine or type(e).__name__, str(this_machine()), runs
     )
+
+
+def _with_detector(estimator: HeadPoseEstimator, detector: Detector) -> HeadPoseEstimator:
+    """The same estimator (engine, crop rule, limits) with another detector."""
+    other = copy.copy(estimator)
+    other.detector = detector
+    return other
+
+
+def _runtime(detector: object) -> str:
+    return str(getattr(detector, "runtime", type(detector).__name__))
 
 
 def _faces(frames: list[VideoFrame]) -> _Faces:

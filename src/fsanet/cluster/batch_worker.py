@@ -82,7 +82,9 @@ class Poser:
             artifact = Artifact.load(unpack(engine_files, self._scratch / "engine"), verify=True)
             (yunet,) = detector_files.files
             folder = unpack(detector_files, self._scratch / "detector")
-            detector_ = YuNet(folder / yunet, score_threshold=options.score_threshold)
+            detector_ = YuNet(
+                folder / yunet, score_threshold=options.score_threshold, threads=options.threads
+            )
             pose = PoseEngine.from_artifact(artifact, options.threads).load()
         except BaseException:
             self.close()

@@ -125,7 +125,9 @@ class DetectDeployment:
             # OpenCV's own pool defaults to every core of the node: keep to this replica's.
             cv2.setNumThreads(threads)
             (name,) = package.files
-            detector = YuNet(self._files.path / name, score_threshold=faces.score_threshold)
+            detector = YuNet(
+                self._files.path / name, score_threshold=faces.score_threshold, threads=threads
+            )
         except BaseException:
             self._files.close()
             raise

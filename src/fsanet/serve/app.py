@@ -218,8 +218,8 @@ class PoseService:
             lambda: self.budget.waiting,
         )
         self.batcher.metrics = self.metrics
-        # Detection and decoding are CPU work too: off the event loop, on every core (the
-        # YuNet detector keeps one OpenCV detector per thread).
+        # Detection and decoding are CPU work too: off the event loop, on every core (one
+        # YuNet session serves every thread).
         self.vision = ThreadPoolExecutor(available_cpus(), thread_name_prefix="fsanet-vision")
         # JSON crops are parsed by one thread: a parser holds the GIL in stretches, and several
         # at once would starve the event loop.

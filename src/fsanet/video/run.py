@@ -255,8 +255,8 @@ def core_split(cores: int) -> tuple[int, int]:
 
 
 class ThreadShares:
-    """While a pipeline runs: OpenCV's threads (the detector) and the engine's workers set
-    by `core_split`, then put back as they were.
+    """While a pipeline runs: the detector's threads (YuNet's ONNX Runtime session, and
+    OpenCV's pool) and the engine's workers set by `core_split`, then put back as they were.
 
     `cv2.setNumThreads` is process-wide (one thread pool with OpenCV's pthreads backend;
     OpenCV's docs: not thread-safe, not to be called from concurrent threads), so it is set
@@ -266,7 +266,7 @@ class ThreadShares:
     read their thread count at each call); other runners (ONNX Runtime `shared`, OpenVINO,
     TensorFlow) fix their threads when loaded and keep them."""
 
-    def __init__(self, engine: object, cores: int | None = None) -> None:
+    def __init__(self, engine: object, detector: object, cores: int | None = None) -> None:
         from fsanet.backends.base import available_cpus
 
         self.detect, self.engine = core_split(cores or available_cpus())
@@ -275,21 +275,27 @@ class ThreadShares:
             for runner in getattr(engine, "runners", [])
             if runner.backend == "onnxruntime" and runner.cores == "split"
         ]
-        self._saved: tuple[int, list[int]] | None = None
+        self._detector = detector if hasattr(detector, "threads") else None
+        self._saved: tuple[int, int | None, list[int]] | None = None
 
     def apply(self) -> None:
         if self._saved is not None:
             return
-        self._saved = (cv2.getNumThreads(), [r.threads for r in self._runners])
+        detector = None if self._detector is None else self._detector.threads  # type: ignore[attr-defined]
+        self._saved = (cv2.getNumThreads(), detector, [r.threads for r in self._runners])
         cv2.setNumThreads(self.detect)
+        if self._detector is not None:
+            self._detector.threads = self.detect  # type: ignore[attr-defined]
         for runner in self._runners:
             runner.threads = min(runner.threads, self.engine)
 
     def restore(self) -> None:
         if self._saved is None:
             return
-        opencv, engine = self._saved
+        opencv, detector, engine = self._saved
         cv2.setNumThreads(opencv)
+        if self._detector is not None:
+            self._detector.threads = detector  # type: ignore[attr-defined]
         for runner, threads in zip(self._runners, engine, strict=True):
             runner.threads = threads
         self._saved = None
@@ -312,7 +318,8 @@ def video_frames(
     options = stages.options
     if not options.pipelined:
         return (stages.pose(stages.detect(f)) for f in frames)
-    shares = ThreadShares(stages.estimator.engine) if options.split_cores else None
+    estimator = stages.estimator
+    shares = ThreadShares(estimator.engine, estimator.detector) if options.split_cores else None
     if shares is not None:
         shares.apply()  # before any stage thread starts; restored once all have stopped
     first = Latest() if camera else Bounded(options.depth)
