@@ -1,8 +1,9 @@
 """Run under `qemu-x86_64 -cpu Haswell` by tests/test_isa.py: what an AVX2-only CPU sees.
 
-argv[1] is a JSON object: {"engines": {name: artifact dir}, "crops": npy path}. Prints one
-JSON object: the machine, the CLI's answer to a bf16 build, the note printed when an engine
-built elsewhere is loaded, and each engine's fused angles on the crops.
+argv[1] is a JSON object: {"engines": {name: artifact dir}, "crops": npy path, "frame": npy
+path}. Prints one JSON object: the machine, the CLI's answer to a bf16 build, the note printed
+when an engine built elsewhere is loaded, each engine's fused angles on the crops, and YuNet's
+faces (box, score, landmarks) in the frame.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fsanet.artifact import Artifact
 from fsanet.cli import main
 from fsanet.engine import PoseEngine
 from fsanet.machine import this_machine
+from fsanet.vision.detect import YuNet
 
 
 def run() -> dict:
@@ -37,6 +39,8 @@ def run() -> dict:
         with engine:
             out["angles"][name] = engine(crops).tolist()
         out["notes"][name] = err.getvalue()
+    faces = YuNet(threads=1).detect(np.load(task["frame"]))
+    out["faces"] = [[*f.box, f.score, *f.landmarks.ravel()] for f in faces]  # type: ignore[union-attr]
     return out
 
 

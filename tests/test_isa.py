@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -20,6 +21,7 @@ from fsanet.convert.precision import int8_schemes
 from fsanet.engine import PoseEngine
 from fsanet.errors import BuildError
 from fsanet.machine import Machine, this_machine
+from fsanet.vision.detect import YuNet
 
 QEMU = shutil.which("qemu-x86_64")
 NUM_CROPS = 48
@@ -49,18 +51,22 @@ def int8_engines(fusion_artifact) -> dict[str, Path | str]:
 
 
 @pytest.fixture(scope="module")
-def avx2(int8_engines, flip_artifact, aflw2000, tmp_path_factory) -> dict:
+def avx2(int8_engines, flip_artifact, aflw2000, shared, tmp_path_factory) -> dict:
     """What the emulated AVX2 CPU reports and computes (one qemu process)."""
     assert QEMU is not None, "CI installs qemu-user: it must be here"
     crops = aflw2000.evaluation_subset().images[:: 1969 // NUM_CROPS][:NUM_CROPS]
-    path = tmp_path_factory.mktemp("isa") / "crops.npy"
+    folder = tmp_path_factory.mktemp("isa")
+    path = folder / "crops.npy"
     np.save(path, crops)
+    frame = classroom_frame(shared)
+    np.save(folder / "frame.npy", frame)
     task = {
         "engines": {
             **{k: str(v) for k, v in int8_engines.items() if isinstance(v, Path)},
             "flip": str(flip_artifact.path),
         },
         "crops": str(path),
+        "frame": str(folder / "frame.npy"),
     }
     probe = Path(__file__).with_name("isa_probe.py")
     done = subprocess.run(
@@ -71,8 +77,16 @@ def avx2(int8_engines, flip_artifact, aflw2000, tmp_path_factory) -> dict:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["crops"] = crops
+    result["crops"], result["frame"] = crops, frame
     return result
+
+
+def classroom_frame(shared: Path) -> np.ndarray:
+    capture = cv2.VideoCapture(str(shared / "videos" / "classroom.mp4"))
+    ok, frame = capture.read()
+    capture.release()
+    assert ok
+    return frame
 
 
 def test_the_machine_is_read_from_the_cpu_the_process_runs_on(avx2):
@@ -124,6 +138,15 @@ def test_flip_tta_runs_the_same_on_avx2(avx2, flip_artifact):
         here = engine(avx2["crops"])
     there = np.asarray(avx2["angles"]["flip"])
     assert np.abs(here - there).max() < 1e-3
+
+
+def test_yunet_finds_the_same_faces_on_avx2(avx2):
+    """YuNet on ONNX Runtime: AVX2 convolution kernels, the same faces (7 in this frame)."""
+    here = YuNet().detect(avx2["frame"])
+    there = np.asarray(avx2["faces"])
+    assert len(here) == len(there) == 7
+    rows = np.asarray([[*f.box, f.score, *f.landmarks.ravel()] for f in here])  # type: ignore[union-attr]
+    assert np.abs(rows - there).max() < 1e-2  # pixels (and score)
 
 
 def test_u8u8_int8_gives_the_same_angles_on_avx2(avx2, int8_engines):

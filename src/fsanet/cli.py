@@ -817,8 +817,9 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ablate",
         action="store_true",
-        help="--end-to-end: each pipelined run also with one frame per engine call, and with "
-        "the cores split between detector and engine (what each piece gives)",
+        help="--end-to-end: the sequential run also with OpenCV's YuNet, each pipelined run "
+        "also with one frame per engine call and with the cores split between detector and "
+        "engine (what each piece gives)",
     )
     _add_detect_options(p)
 
