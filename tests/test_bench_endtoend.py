@@ -42,6 +42,7 @@ def test_cli_bench_end_to_end_reports_stages_latency_and_angle_change(
     ]
     for run in runs:
         assert run["frames"] == 8 and run["faces"] == 8 and run["fps"] > 0
+        assert run["rounds_fps"] == [run["fps"]]  # one round unless asked
         assert set(run["stage_ms"]) == {"decode", "detect", "crop", "pose", "write"}
         assert run["stage_ms"]["pose"] > 0
         latency = run["latency_ms"]
@@ -54,9 +55,10 @@ def test_cli_bench_end_to_end_reports_stages_latency_and_angle_change(
     # Detection on half the frames: its mean time per frame is about half the reference's
     assert runs[2]["stage_ms"]["detect"] < 0.75 * runs[0]["stage_ms"]["detect"]
 
-    assert main([*argv, "-q"]) == 0
+    assert main([*argv, "--rounds", "2", "-q"]) == 0
     text = capsys.readouterr().out
     assert "frames/s" in text and "latency ms" in text
+    assert "2 interleaved rounds" in text and "range" in text
     assert "pipelined, detect every 2" in text and "mean |change| yaw" in text
 
 
@@ -80,7 +82,8 @@ def test_cli_bench_end_to_end_ablate_runs_each_piece_with_records_unchanged(
     assert [r["run"] for r in runs] == [
         "sequential",
         "sequential, OpenCV's detector",
-        "pipelined, 1 frame per engine call",
+        "pipelined, 1 frame per engine call, 1 frame detected at once",
+        "pipelined, 1 frame detected at once",
         "pipelined",
         "pipelined, cores split",
     ]

@@ -359,6 +359,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
                 [options] if options.real_time else [],
                 max_frames=args.frames,
                 ablate=args.ablate,
+                rounds=args.rounds or 1,
             )
         return _emit(args, e2e.to_dict(), str(e2e))
     batches = parse_batches(args.batch)
@@ -371,7 +372,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         iterations=args.iterations,
         duration=args.duration,
         warmup=args.warmup,
-        rounds=args.rounds,
+        rounds=args.rounds or 10,
         threads=args.threads,
         baseline=args.baseline,
         dataset=args.dataset,
@@ -792,7 +793,7 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
         help="or seconds per engine and batch",
     )
     p.add_argument("--warmup", type=_count, default=20, help="untimed calls first (20)")
-    p.add_argument("--rounds", type=_positive, default=10, help="interleaved rounds (10)")
+    p.add_argument("--rounds", type=_positive, help="interleaved rounds (10; --end-to-end: 1)")
     p.add_argument(
         "--threads",
         type=_positive,
@@ -818,8 +819,8 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
         "--ablate",
         action="store_true",
         help="--end-to-end: the sequential run also with OpenCV's YuNet, each pipelined run "
-        "also with one frame per engine call and with the cores split between detector and "
-        "engine (what each piece gives)",
+        "also one frame at a time, with one detection at a time, and with the cores split "
+        "between detector and engine (what each piece gives)",
     )
     _add_detect_options(p)
 

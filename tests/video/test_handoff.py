@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from fsanet.video import Closed, Latest, background, decoded
+from fsanet.video import Closed, Latest, background, decoded, ordered_map
 
 
 def test_background_keeps_order_and_bounds_the_queue() -> None:
@@ -95,3 +95,42 @@ def test_latest_keeps_only_the_newest_item() -> None:
     hand.close()
     with pytest.raises(Closed):
         hand.get(timeout=0.1)
+
+
+def test_ordered_map_runs_items_at_once_and_keeps_their_order() -> None:
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def slow(n: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.02 if n % 2 else 0.001)  # odd items finish after the next even one
+        with lock:
+            running -= 1
+        return n * n
+
+    assert list(ordered_map(slow, range(10), 2)) == [n * n for n in range(10)]
+    assert most == 2
+
+
+def test_ordered_map_raises_in_order_and_closes_its_source() -> None:
+    closed = threading.Event()
+
+    def items():
+        try:
+            yield from range(100)
+        finally:
+            closed.set()
+
+    def fail_at_3(n: int) -> int:
+        if n == 3:
+            raise ValueError("bad item 3")
+        return n
+
+    results = ordered_map(fail_at_3, items(), 2)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="bad item 3"):
+        next(results)
+    assert closed.is_set()

@@ -160,14 +160,22 @@ def test_the_pipeline_shares_the_cores_while_it_runs_and_puts_them_back(
     split = VideoOptions(split_cores=True)
     predict([str(clip)], estimator, max_frames=3, video=split, on_frame=look)
     detect, engine = core_split(available_cpus())
-    assert during[0] == (detect, detect, [min(t, engine) for t in before[2]])
+    # Two frames detected at once, each on half the detector's share
+    assert during[0] == (detect, max(1, detect // 2), [min(t, engine) for t in before[2]])
     assert now() == before
-    # Without the split, and sequentially, nothing is changed
-    options = [VideoOptions(), VideoOptions(pipelined=False, split_cores=True)]
-    for option in options:
+    # Without the split, only the detector's threads are divided between its two workers;
+    # one worker, or sequentially, nothing is changed
+    halved = (before[0], max(1, before[1] // 2), before[2])
+    options = {
+        VideoOptions(): halved,
+        VideoOptions(detect_workers=1): before,
+        VideoOptions(pipelined=False, split_cores=True): before,
+    }
+    for option, expected in options.items():
         during.clear()
         predict([str(clip)], estimator, max_frames=2, video=option, on_frame=look)
-        assert during and all(d == before for d in during)
+        assert during and all(d == expected for d in during)
+        assert now() == before
 
 
 def test_a_failing_stage_still_puts_the_cores_back(estimator: HeadPoseEstimator) -> None:

@@ -11,10 +11,11 @@ over the faces matched frame by frame (IoU >= 0.5), the share of its faces match
 the longest run of frames a reference face went without a match.
 
 With `ablate`, the reference is also run with OpenCV's own YuNet (`cv2.FaceDetectorYN`,
-the detector before it moved to ONNX Runtime), and every pipelined run is made three
-ways, side by side: one frame per engine call (the pipeline as first built), a file's
-frames batched (the default), and batched with the cores split between detector and
-engine (`VideoOptions.split_cores`).
+the detector before it moved to ONNX Runtime), and every pipelined run is made four
+ways, side by side: one frame detected and posed at a time (the pipeline as first
+built), a file's frames batched for the engine, then also two frames detected at once
+(the default), and with the cores split between detector and engine
+(`VideoOptions.split_cores`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class EndToEndRun:
     latency: LatencyStats
     change: AngleChange | None  # None for the reference itself
     detector: str = "onnxruntime"  # YuNet's runtime (fsanet.vision.detect.RUNTIMES)
+    rounds_fps: tuple[float, ...] = ()  # frames/s of every round, when run in rounds
 
     @property
     def fps(self) -> float:
@@ -98,6 +100,7 @@ class EndToEndRun:
             "faces": self.faces,
             "seconds": round(self.seconds, 3),
             "fps": round(self.fps, 2),
+            "rounds_fps": [round(v, 2) for v in self.rounds_fps],
             "stage_ms": {k: round(v, 3) for k, v in self.stages.items()},
             "latency_ms": self.latency.to_dict(2),
             "change_vs_reference": None if self.change is None else self.change.to_dict(),
@@ -124,19 +127,28 @@ class EndToEndVideoReport:
     def __str__(self) -> str:
         ref = self.runs[0]
         width = max(44, *(len(r.describe()) + 2 for r in self.runs))
+        rounds = len(ref.rounds_fps)
+        spread = rounds > 1
         lines = [
             f"fsanet bench --end-to-end {self.video} ({self.size[0]}x{self.size[1]}, "
             f"{ref.frames} frames, {ref.faces / max(ref.frames, 1):.1f} faces/frame)",
             f"engine: {self.engine}; machine: {self.machine}",
+            *([f"{rounds} interleaved rounds: each run's median round, frames/s range"] * spread),
             "",
-            f"{'run':<{width}}{'frames/s':>9}{'x':>6}"
+            f"{'run':<{width}}{'frames/s':>9}"
+            + (f"{'range':>14}" if spread else "")
+            + f"{'x':>6}"
             + "".join(f"{s:>8}" for s in STAGES)
             + f"{'p50':>8}{'p90':>8}{'p99':>8}",
-            f"{'':<{width}}{'':>9}{'':>6}{'ms/frame per stage':>40}{'latency ms':>24}",
+            f"{'':<{width}}{'':>9}{'':>{14 if spread else 0}}{'':>6}{'ms/frame per stage':>40}"
+            f"{'latency ms':>24}",
         ]
         for run in self.runs:
+            low, high = min(run.rounds_fps, default=0.0), max(run.rounds_fps, default=0.0)
             lines.append(
-                f"{run.describe():<{width}}{run.fps:>9.1f}{run.fps / ref.fps:>6.2f}"
+                f"{run.describe():<{width}}{run.fps:>9.1f}"
+                + (f"{f'{low:.1f}-{high:.1f}':>14}" if spread else "")
+                + f"{run.fps / ref.fps:>6.2f}"
                 + "".join(f"{run.stages.get(s, 0.0):>8.2f}" for s in STAGES)
                 + f"{run.latency.p50:>8.1f}{run.latency.p90:>8.1f}{run.latency.p99:>8.1f}"
             )
@@ -165,10 +177,15 @@ def bench_end_to_end(
     *,
     max_frames: int | None = None,
     ablate: bool = False,
+    rounds: int = 1,
 ) -> EndToEndVideoReport:
     """Run `video` sequentially (the reference), pipelined, then with each of `options`;
     with `ablate`, the reference also with OpenCV's YuNet, and each pipelined run also
-    with one frame per engine call and with the cores split between the stages."""
+    one frame at a time, with one detection at a time and with the cores split. With
+    `rounds` > 1, the runs are repeated in turn and each reports its median round, with
+    the range of its frames/s."""
+    if rounds < 1:
+        raise FsanetError(f"rounds must be at least 1, got {rounds}")
     import cv2
 
     from fsanet.predict import predict
@@ -188,7 +205,12 @@ def bench_end_to_end(
             step
             for plan in plans
             for step in (
-                [replace(plan, batch_frames=1), plan, replace(plan, split_cores=True)]
+                [
+                    replace(plan, batch_frames=1, detect_workers=1),
+                    replace(plan, detect_workers=1),
+                    plan,
+                    replace(plan, split_cores=True),
+                ]
                 if plan.pipelined
                 else [plan]
             )
@@ -200,38 +222,49 @@ def bench_end_to_end(
     steps = [("default", plan) for plan in plans]
     if "opencv" in estimators:
         steps.insert(1, ("opencv", sequential))  # right after its reference
+    trials: list[list[EndToEndRun]] = [[] for _ in steps]
     with open(os.devnull, "w", encoding="utf-8") as null:
         for each in estimators.values():
             predict([str(video)], each, jsonl=null, max_frames=WARMUP_FRAMES)
-        runs: list[EndToEndRun] = []
         reference: _Faces | None = None
-        for which, plan in steps:
-            seen: list[VideoFrame] = []
-            start = time.perf_counter()
-            summary = predict(
-                [str(video)], estimators[which], jsonl=null, max_frames=max_frames, video=plan,
-                on_frame=seen.append,
-            )  # fmt: skip
-            seconds = time.perf_counter() - start
-            faces = _faces(seen)
-            reference = faces if reference is None else reference
-            runs.append(
-                EndToEndRun(
-                    plan,
-                    summary.frames,
-                    summary.faces,
-                    seconds,
-                    {s: 1e3 * sum(f.seconds.get(s, 0.0) for f in seen) / len(seen) for s in STAGES},
-                    LatencyStats.from_seconds([f.seconds["latency"] for f in seen]),
-                    None if not runs else angle_change(reference, faces),
-                    _runtime(estimators[which].detector),
+        for _ in range(rounds):  # interleaved: a slow spell of the machine hits every run
+            for (which, plan), tried in zip(steps, trials, strict=True):
+                seen: list[VideoFrame] = []
+                start = time.perf_counter()
+                summary = predict(
+                    [str(video)], estimators[which], jsonl=null, max_frames=max_frames,
+                    video=plan, on_frame=seen.append,
+                )  # fmt: skip
+                seconds = time.perf_counter() - start
+                faces = _faces(seen)
+                reference = faces if reference is None else reference
+                tried.append(
+                    EndToEndRun(
+                        plan,
+                        summary.frames,
+                        summary.faces,
+                        seconds,
+                        {
+                            s: 1e3 * sum(f.seconds.get(s, 0.0) for f in seen) / len(seen)
+                            for s in STAGES
+                        },
+                        LatencyStats.from_seconds([f.seconds["latency"] for f in seen]),
+                        None if tried is trials[0] else angle_change(reference, faces),
+                        _runtime(estimators[which].detector),
+                    )
                 )
-            )
+    runs = [_median(tried) for tried in trials]
     e = estimator.engine
     engine = " ".join(str(getattr(e, k, "")) for k in ("name", "backend", "precision")).strip()
     return EndToEndVideoReport(
         str(video), size, engine or type(e).__name__, str(this_machine()), runs
     )
+
+
+def _median(tried: list[EndToEndRun]) -> EndToEndRun:
+    """The round of median time, with every round's frames/s."""
+    middle = sorted(tried, key=lambda run: run.seconds)[(len(tried) - 1) // 2]
+    return replace(middle, rounds_fps=tuple(run.fps for run in tried))
 
 
 def _with_detector(estimator: HeadPoseEstimator, detector: Detector) -> HeadPoseEstimator:

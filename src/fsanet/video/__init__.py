@@ -1,6 +1,6 @@
 """Video through a pipeline: decode, detection and pose overlapping across the cores."""
 
-from fsanet.video.handoff import Bounded, Closed, Latest, background
+from fsanet.video.handoff import Bounded, Closed, Latest, background, ordered_map
 from fsanet.video.run import (
     STAGES,
     FaceStages,
@@ -24,5 +24,6 @@ __all__ = [
     "background",
     "core_split",
     "decoded",
+    "ordered_map",
     "video_frames",
 ]

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _POLL = 0.05  # s: how often a blocked thread looks whether the other side has gone
 
@@ -133,3 +136,28 @@ def background(
     finally:
         stop.set()
         thread.join()
+
+
+def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """`map(function, items)` on `workers` threads at once, results in the items' order.
+
+    At most `workers` + 1 items are taken ahead of the one handed out. An error is raised
+    in its item's turn; closing the returned generator (or an error) waits for the calls
+    in flight and closes `items`."""
+    source = iter(items)
+    pending: deque[Future[R]] = deque()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="fsanet-stage")
+    try:
+        for item in source:
+            pending.append(pool.submit(function, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()  # not started yet: dropped; running: waited for below
+        pool.shutdown(wait=True)
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()

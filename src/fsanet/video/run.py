@@ -35,7 +35,7 @@ import numpy as np
 
 from fsanet.errors import FsanetError
 from fsanet.tracking import FaceTracks, OneEuro
-from fsanet.video.handoff import Bounded, Latest, background
+from fsanet.video.handoff import Bounded, Latest, background, ordered_map
 from fsanet.vision.crop import crop_faces
 from fsanet.vision.detect import Detection
 
@@ -60,6 +60,9 @@ class VideoOptions:
     split_cores: bool = False
     batch_frames: int = 4  # pipelined file: consecutive frames posed in one engine call
     batch_crops: int = 32  # ... and at most this many crops in it (a frame is never cut)
+    # Pipelined file: frames detected at once, each on its share of the detector's threads
+    # (one frame on one core beats one frame on two: no hand-over at every layer).
+    detect_workers: int = 2
 
     def __post_init__(self) -> None:
         if self.detect_every < 1:
@@ -72,6 +75,8 @@ class VideoOptions:
             raise FsanetError(f"queue depth must be at least 1, got {self.depth}")
         if self.batch_frames < 1 or self.batch_crops < 1:
             raise FsanetError("frames and crops per engine call must be at least 1")
+        if self.detect_workers < 1:
+            raise FsanetError(f"detect workers must be at least 1, got {self.detect_workers}")
 
     @property
     def real_time(self) -> bool:
@@ -84,6 +89,10 @@ class VideoOptions:
         if self.pipelined:  # what differs from the default pipeline
             parts.append("cores split" if self.split_cores else "")
             parts.append("" if self.batch_frames > 1 else "1 frame per engine call")
+            workers = self.detect_workers
+            parts.append(
+                "" if workers == 2 else f"{workers} frame{'s' * (workers > 1)} detected at once"
+            )
         return ", ".join(p for p in parts if p)
 
 
@@ -320,17 +329,50 @@ def video_frames(
         return (stages.pose(stages.detect(f)) for f in frames)
     estimator = stages.estimator
     shares = ThreadShares(estimator.engine, estimator.detector) if options.split_cores else None
+    workers = 1 if camera else options.detect_workers  # a camera's newest frame, alone
+    spread = _DetectorSpread(estimator.detector, workers)
     if shares is not None:
         shares.apply()  # before any stage thread starts; restored once all have stopped
+    spread.apply()  # after the shares: each worker takes its part of the detector's share
     first = Latest() if camera else Bounded(options.depth)
     later = 1 if camera else options.depth  # a camera's frame waits for no other
     decoded_ = background(frames, hand=first)
-    detected = background(_each(stages.detect, decoded_), later)
+    if workers > 1:
+        detected = background(ordered_map(stages.detect, decoded_, workers), later)
+    else:
+        detected = background(_each(stages.detect, decoded_), later)
     if camera or options.batch_frames == 1:
         posed = background(_each(stages.pose, detected), later)
     else:  # a file: latency does not matter, consecutive frames share engine calls
         posed = background(stages.batched(detected), later)
-    return _Counted(posed, first, None if shares is None else shares.restore)
+
+    def ended() -> None:
+        spread.restore()
+        if shares is not None:
+            shares.restore()
+
+    return _Counted(posed, first, ended)
+
+
+class _DetectorSpread:
+    """While a pipeline runs: the detector's threads divided among `workers` concurrent
+    detections (YuNet's `threads`, read at each call), then put back."""
+
+    def __init__(self, detector: object, workers: int) -> None:
+        self._detector = detector if workers > 1 and hasattr(detector, "threads") else None
+        self._workers = workers
+        self._saved: int | None = None
+
+    def apply(self) -> None:
+        if self._detector is None or self._saved is not None:
+            return
+        self._saved = self._detector.threads  # type: ignore[attr-defined]
+        self._detector.threads = max(1, self._saved // self._workers)  # type: ignore[attr-defined]
+
+    def restore(self) -> None:
+        if self._detector is None or self._saved is None:
+            return
+        self._detector.threads, self._saved = self._saved, None  # type: ignore[attr-defined]
 
 
 def _each(
