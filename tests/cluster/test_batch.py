@@ -1,6 +1,6 @@
 """`fsanet predict --ray` on real Ray (loopback): the same records as `fsanet predict` on a
-folder of photos, a `file://` URI and videos, as JSON Lines and as Parquet; one-line errors,
-nothing half-written, and no Ray process left behind."""
+folder of photos, a `file://` URI, an `s3://` bucket (moto's S3 server) and videos, as JSON
+Lines and as Parquet; one-line errors, nothing half-written, and no Ray process left behind."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from fsanet.artifact import Artifact
@@ -26,6 +29,8 @@ from fsanet.predict import HeadPoseEstimator, predict
 from fsanet.tracking import OneEuro
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'fsanet[cluster]')")
+
+from pyarrow import fs as pafs
 
 from fsanet.cluster.batch_sources import list_units
 from fsanet.cluster.batch_write import records_writer
@@ -311,3 +316,113 @@ def test_a_worker_checks_the_engine_it_gets_by_sha256(
         "damaged; rebuild with `fsanet build --force`"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"]  # no records file
+
+
+# --- s3:// URIs: a real S3 API on loopback (moto's server, started and stopped by its
+# process id); photos and a video read from a bucket give the records `fsanet predict` gives
+# for the same files on disk, named by their URIs.
+
+S3_FRAMES = 4
+BUCKET = "faces"
+# moto accepts any key; a real store takes them from the environment the same way.
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fsanet-test", "AWS_SECRET_ACCESS_KEY": "fsanet-test"}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 (a free port), stopped by its process id."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"http://{endpoint}/", timeout=2)
+                break
+            except httpx.TransportError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto's S3 server did not start") from None
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+
+
+def uri(endpoint: str, key: str) -> str:
+    """An s3:// URI with the store's address in its query, as pyarrow reads it."""
+    return f"s3://{BUCKET}/{key}?endpoint_override={endpoint}&scheme=http&region=us-east-1"
+
+
+@pytest.fixture(scope="module")
+def files(shared: Path, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tree in the bucket (under `set/`) and on disk: photos, one in a subfolder,
+    and a clip."""
+    root = tmp_path_factory.mktemp("s3") / "set"
+    (root / "sub").mkdir(parents=True)
+    names = ["image00002.jpg", "sub/b.jpg", "a.jpg", "sub/c.jpg"]
+    with zipfile.ZipFile(shared / "datasets" / "AFLW2000-3D.zip") as z:
+        for n, name in zip(PHOTOS, names, strict=True):
+            (root / name).write_bytes(z.read(f"AFLW2000/image{n:05d}.jpg"))
+    (root / "clip.mp4").write_bytes((shared / "videos" / "talking-head.mp4").read_bytes())
+    store = pafs.S3FileSystem(
+        endpoint_override=s3_endpoint, scheme="http", region="us-east-1",
+        access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"], allow_bucket_creation=True,
+    )  # fmt: skip
+    store.create_dir(BUCKET)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        with store.open_output_stream(f"{BUCKET}/set/{path.relative_to(root).as_posix()}") as out:
+            out.write(path.read_bytes())
+    return root
+
+
+def test_records_from_a_bucket_equal_the_records_from_disk(
+    files: Path, s3_endpoint: str, fusion_engine: PoseEngine, fusion_artifact: Artifact
+) -> None:
+    out = io.StringIO()
+    summary = predict(
+        [str(files)], HeadPoseEstimator(fusion_engine), jsonl=out, max_frames=S3_FRAMES,
+        rotation=True,
+    )  # fmt: skip
+    assert summary.images == 4 and summary.frames == S3_FRAMES
+    expected: list[dict[str, Any]] = [json.loads(line) for line in out.getvalue().splitlines()]
+    for record in expected:  # named by the URI, without its query
+        record["source"] = f"s3://{BUCKET}/set" + record["source"][len(str(files)) :]
+    done = run_fsanet(
+        "predict", "--ray", "--threads", "2", uri(s3_endpoint, "set"),
+        "--engine", str(fusion_artifact.path), "--frames", str(S3_FRAMES), "--rotation", "-q",
+        env={**os.environ, **CREDENTIALS},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = [json.loads(line) for line in done.stdout.splitlines()]
+    assert_same_records(got, expected)
+    assert {r["source"] for r in got} >= {
+        f"s3://{BUCKET}/set/sub/b.jpg",
+        f"s3://{BUCKET}/set/clip.mp4",
+    }
+    assert all(set(ANGLES) <= set(r) for r in got)
+    assert f"5/5 sources: 4 images, {S3_FRAMES} video frames" in done.stderr
+
+
+def test_a_missing_key_in_a_bucket_is_one_line(files: Path, s3_endpoint: str) -> None:
+    done = run_fsanet(
+        "predict", "--ray", uri(s3_endpoint, "set/none.jpg"), "-q",
+        env={**os.environ, **CREDENTIALS},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"fsanet: error: s3://{BUCKET}/set/none.jpg does not exist: give image or video files "
+        "or folders"
+    ]

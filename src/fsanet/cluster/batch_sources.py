@@ -90,18 +90,21 @@ def _from_uri(uri: str) -> tuple[list[tuple[str, str, str]], pafs.FileSystem]:
         info = filesystem.get_file_info(root)
     except (ArrowException, OSError, ValueError) as e:
         raise FsanetError(f"cannot open {uri}: {_first_line(e)}") from None
+    # Records name files by the URI without its query (`?endpoint_override=...` says how
+    # to reach the store, not which file it is).
+    name = uri.partition("?")[0]
     if info.type == pafs.FileType.NotFound:
-        raise FsanetError(f"{uri} does not exist: give image or video files or folders")
+        raise FsanetError(f"{name} does not exist: give image or video files or folders")
     if info.type == pafs.FileType.File:
         kind = _kind(root)
         if kind is None:
-            raise FsanetError(f"{uri} is not an image or video file (by its name)")
-        return [(kind, uri, root)], filesystem
+            raise FsanetError(f"{name} is not an image or video file (by its name)")
+        return [(kind, name, root)], filesystem
     try:
         entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
     except (ArrowException, OSError) as e:
         raise FsanetError(f"cannot list {uri}: {_first_line(e)}") from None
-    base = uri.rstrip("/")
+    base = name.rstrip("/")
     found = []
     for entry in entries:
         kind = _kind(entry.path) if entry.type == pafs.FileType.File else None
