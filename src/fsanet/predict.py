@@ -41,7 +41,10 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2"}
 )
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+# An animated GIF is a clip (with its own delay per frame); a still one is a clip of one frame.
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
+)
 MAX_FACES = 256  # faces per image sent to the engine, best score first (the server's too)
 MAX_PIXELS = 40_000_000  # larger images are refused, before decoding where the header says
 
@@ -551,7 +554,15 @@ def _run_video(
     frames_before = summary.frames
     stages = FaceStages(estimator, options or VideoOptions(), smooth)
     frames = video_frames(
-        decoded(capture.read, fps, camera=camera, max_frames=max_frames), stages, camera=camera
+        decoded(
+            capture.read,
+            fps,
+            camera=camera,
+            max_frames=max_frames,
+            position=lambda: capture.get(cv2.CAP_PROP_POS_MSEC),
+        ),
+        stages,
+        camera=camera,
     )
     try:
         with (

@@ -35,3 +35,23 @@ def test_classroom_faces_keep_their_ids(fusion_engine: PoseEngine, shared: Path)
     # most 3 other ids appear (a detection flickering at the threshold, a new face).
     assert sum(n == FRAMES for n in lifetimes.values()) >= 5
     assert len(lifetimes) <= sum(n == FRAMES for n in lifetimes.values()) + 3
+
+
+def test_a_variable_rate_clip_gets_each_frame_s_own_time(
+    fusion_engine: PoseEngine, shared: Path
+) -> None:
+    """turns-female.gif has its own delay per frame (80, 90 ms...): times follow them, not
+    frame / fps; constant-rate clips above keep frame / fps."""
+    import cv2
+
+    clip = shared / "videos" / "turns-female.gif"
+    capture = cv2.VideoCapture(str(clip))
+    fps, delays = capture.get(cv2.CAP_PROP_FPS), []
+    while capture.read()[0]:
+        delays.append(capture.get(cv2.CAP_PROP_POS_MSEC) / 1e3)
+    capture.release()
+    assert any(abs(t - i / fps) > 0.02 for i, t in enumerate(delays))  # it is variable-rate
+    out = io.StringIO()
+    predict([str(clip)], HeadPoseEstimator(fusion_engine), jsonl=out, max_frames=8)
+    times = {r["frame"]: r["time"] for r in map(json.loads, out.getvalue().splitlines())}
+    assert times == {i: round(delays[i], 3) for i in times} and len(times) == 8

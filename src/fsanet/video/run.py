@@ -118,10 +118,18 @@ def decoded(
     *,
     camera: bool = False,
     max_frames: int | None = None,
+    position: Callable[[], float] | None = None,
 ) -> Iterator[VideoFrame]:
-    """The decode stage: frames from `read` (a `cv2.VideoCapture.read`) until it fails."""
+    """The decode stage: frames from `read` (a `cv2.VideoCapture.read`) until it fails.
+
+    A file's frame time is the decoder's timestamp of the frame just read (`position`, in
+    ms: OpenCV's CAP_PROP_POS_MSEC), so variable-rate files (a GIF's own frame delays) get
+    their true times; where a container gives none that rises from frame to frame, every
+    frame's time is index / fps. A camera's is the clock at capture."""
     first: float | None = None
     index = 0
+    last = -1.0
+    stamps = position is not None and not camera
     while max_frames is None or index < max_frames:
         started = time.perf_counter()
         ok, image = read()
@@ -129,8 +137,14 @@ def decoded(
         if not ok or image is None:
             return
         first = now if first is None else first
-        # A file's frame time is its place in the stream; a camera's, the clock at capture.
-        stamp = now - first if camera else index / fps
+        if camera:
+            stamp = now - first
+        else:
+            at = position() / 1e3 if stamps else -1.0  # type: ignore[misc]
+            if stamps and not at > last:
+                stamps = False  # no usable timestamps: index / fps from here on
+            stamp = at if stamps else index / fps
+            last = stamp
         yield VideoFrame(index, image, stamp, started, seconds={"decode": now - started})
         index += 1
 
