@@ -60,3 +60,19 @@ def test_the_front_splits_a_batch_over_the_pose_replicas():
     assert front_batch(32, 2) == 16  # 32 clients keep both replicas busy
     assert front_batch(32, 16) == 8  # never under 8 crops a call: each call costs CPU
     assert front_batch(4, 8) == 4  # nor over --max-batch
+
+
+def test_whole_pixel_crops_travel_as_uint8_and_give_the_same_angles(fusion_engine) -> None:
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'fsanet[cluster]')")
+    import numpy as np
+
+    from fsanet.cluster.serve import compact
+
+    rng = np.random.default_rng(0)
+    whole = rng.integers(0, 256, (16, 64, 64, 3)).astype(np.float32)
+    small = compact(whole)
+    assert small.dtype == np.uint8 and small.nbytes * 4 == whole.nbytes
+    np.testing.assert_array_equal(fusion_engine(small), fusion_engine(whole))
+    fractional = whole.copy()
+    fractional[0, 0, 0, 0] += 0.5  # a crop resampled by the client: sent as it is
+    assert compact(fractional) is fractional

@@ -170,6 +170,16 @@ def front_batch(max_batch: int, replicas: int) -> int:
     return min(max_batch, max(8, math.ceil(max_batch / replicas)))
 
 
+def compact(crops: np.ndarray) -> np.ndarray:
+    """Checked float32 crops as uint8 when that loses nothing (whole pixel values, as
+    decoded images give): a quarter of the bytes over the network to a pose replica (16
+    crops: 197 KB instead of 786 KB). The engine takes either. On one machine the CPU it
+    saves was within the noise of the measurement."""
+    if crops.dtype != np.float32 or not np.array_equal(crops, np.floor(crops)):
+        return crops
+    return crops.astype(np.uint8)  # the server checked them: 0-255
+
+
 def _direct(handle: Any) -> Any:
     """The handle with its calls sent straight to the replica over gRPC instead of through
     Ray's object store: ~2.5x less CPU per call measured here (0.9 + 0.6 ms against
@@ -210,7 +220,7 @@ class _Remote:
         self._images = Gather(self._detect_many, concurrency=slots)
 
     async def infer(self, crops: np.ndarray) -> np.ndarray:
-        return await _call(self.pose, crops, self.timeout_s, "pose")
+        return await _call(self.pose, compact(crops), self.timeout_s, "pose")
 
     async def detect(self, data: bytes) -> Detected:
         answer = await self._images.submit(data)
