@@ -28,7 +28,7 @@ from fsanet import progress
 from fsanet.errors import FsanetError
 from fsanet.files import atomic_path, writing
 from fsanet.tracking import OneEuro
-from fsanet.video import FaceStages, VideoFrame, VideoOptions, decoded, video_frames
+from fsanet.video import FaceStages, SceneCuts, VideoFrame, VideoOptions, decoded, video_frames
 from fsanet.vision.crop import CROP_RULES, DEFAULT_RULE, MARGIN, crop_faces
 from fsanet.vision.detect import Detection, Detector, YuNet, check_image
 from fsanet.vision.draw import draw_face
@@ -552,7 +552,9 @@ def _run_video(
         if not camera and Path(source.name).suffix.lower() != ".mp4":
             print(f"fsanet: note: {source.location} is written as {target} (mp4v)", file=sys.stderr)
     frames_before = summary.frames
-    stages = FaceStages(estimator, options or VideoOptions(), smooth)
+    options = options or VideoOptions()
+    stages = FaceStages(estimator, options, smooth)
+    cuts = None if options.cut_threshold is None else SceneCuts(options.cut_threshold)
     frames = video_frames(
         decoded(
             capture.read,
@@ -560,6 +562,7 @@ def _run_video(
             camera=camera,
             max_frames=max_frames,
             position=lambda: capture.get(cv2.CAP_PROP_POS_MSEC),
+            cuts=cuts,
         ),
         stages,
         camera=camera,

@@ -33,6 +33,11 @@ class FaceTracks:
         self._filters: dict[int, OneEuroFilter] = {}
         self._seen: dict[int, Detection] = {}  # each track's last detection
 
+    def cut(self) -> None:
+        """A new scene: every track (and its filter) ends; faces after it get new ids."""
+        self.tracker.end_all()
+        self._seen, self._filters = {}, {}
+
     def update(self, faces: list[Face], time: float) -> list[Face]:
         ids = self.tracker.update([f.box for f in faces])
         out = [replace(face, track=track) for face, track in zip(faces, ids, strict=True)]

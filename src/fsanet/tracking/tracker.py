@@ -72,6 +72,10 @@ class IouTracker:
         """How many tracks have been started so far."""
         return self._next_id - 1
 
+    def end_all(self) -> None:
+        """A new scene (a cut): every track ends, the next boxes start new ids."""
+        self._tracks = []
+
     def update(self, boxes: Sequence[Sequence[float]]) -> list[int]:
         """The track id of each box of this frame, in the boxes' order."""
         dets = np.asarray(boxes, np.float64).reshape(-1, 4)

@@ -1,5 +1,6 @@
 """Video through a pipeline: decode, detection and pose overlapping across the cores."""
 
+from fsanet.video.cuts import CUT_THRESHOLD, SceneCuts
 from fsanet.video.handoff import Bounded, Closed, Latest, background, ordered_map
 from fsanet.video.run import (
     STAGES,
@@ -13,11 +14,13 @@ from fsanet.video.run import (
 )
 
 __all__ = [
+    "CUT_THRESHOLD",
     "STAGES",
     "Bounded",
     "Closed",
     "FaceStages",
     "Latest",
+    "SceneCuts",
     "ThreadShares",
     "VideoFrame",
     "VideoOptions",

@@ -36,6 +36,7 @@ import numpy as np
 
 from fsanet.errors import FsanetError
 from fsanet.tracking import FaceTracks, OneEuro
+from fsanet.video.cuts import CUT_THRESHOLD, SceneCuts
 from fsanet.video.handoff import Bounded, Latest, background, ordered_map
 from fsanet.vision.crop import crop_faces
 from fsanet.vision.detect import Detection
@@ -64,6 +65,9 @@ class VideoOptions:
     # Pipelined file: frames detected at once, each on its share of the detector's threads
     # (one frame on one core beats one frame on two: no hand-over at every layer).
     detect_workers: int = 2
+    # A frame this unlike the one before (fsanet.video.cuts) is detected, never carried,
+    # and ends every track. None: no cut detection.
+    cut_threshold: float | None = CUT_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.detect_every < 1:
@@ -78,6 +82,8 @@ class VideoOptions:
             raise FsanetError("frames and crops per engine call must be at least 1")
         if self.detect_workers < 1:
             raise FsanetError(f"detect workers must be at least 1, got {self.detect_workers}")
+        if self.cut_threshold is not None and self.cut_threshold <= 0:
+            raise FsanetError(f"the scene-cut threshold must be positive, got {self.cut_threshold}")
 
     @property
     def real_time(self) -> bool:
@@ -109,6 +115,7 @@ class VideoFrame:
     total: int = 0  # faces the detector found, before max_faces
     faces: list[Face] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds spent
+    cut: bool = False  # the first frame of a new scene (fsanet.video.cuts)
     crops: np.ndarray | None = None  # between cropping and posing: its faces' crops
 
 
@@ -119,13 +126,16 @@ def decoded(
     camera: bool = False,
     max_frames: int | None = None,
     position: Callable[[], float] | None = None,
+    cuts: SceneCuts | None = None,
 ) -> Iterator[VideoFrame]:
     """The decode stage: frames from `read` (a `cv2.VideoCapture.read`) until it fails.
 
     A file's frame time is the decoder's timestamp of the frame just read (`position`, in
     ms: OpenCV's CAP_PROP_POS_MSEC), so variable-rate files (a GIF's own frame delays) get
     their true times; where a container gives none that rises from frame to frame, every
-    frame's time is index / fps. A camera's is the clock at capture."""
+    frame's time is index / fps. A camera's is the clock at capture. With `cuts`, each
+    frame says whether it starts a new scene (decoding is the one stage that sees every
+    frame in order)."""
     first: float | None = None
     index = 0
     last = -1.0
@@ -145,7 +155,9 @@ def decoded(
                 stamps = False  # no usable timestamps: index / fps from here on
             stamp = at if stamps else index / fps
             last = stamp
-        yield VideoFrame(index, image, stamp, started, seconds={"decode": now - started})
+        cut = cuts is not None and cuts.is_cut(image)
+        done = time.perf_counter()
+        yield VideoFrame(index, image, stamp, started, seconds={"decode": done - started}, cut=cut)
         index += 1
 
 
@@ -172,7 +184,7 @@ class FaceStages:
         self.smoothed = None if smooth is None else FaceTracks(smooth, self.tracks.tracker)
 
     def detect(self, frame: VideoFrame) -> VideoFrame:
-        if frame.index % self.options.detect_every:
+        if frame.index % self.options.detect_every and not frame.cut:
             return frame  # carried by the tracker in the pose stage
         start = time.perf_counter()
         image, size = frame.image, self.options.detect_size
@@ -199,6 +211,10 @@ class FaceStages:
         from fsanet.predict import faces_from
 
         start = time.perf_counter()
+        if frame.cut:  # a new scene: no face carries its id (or its smoothing) across
+            self.tracks.cut()
+            if self.smoothed is not None:
+                self.smoothed.cut()
         if frame.detections is None:  # carried
             tracked = self.tracks.carried()
             detections = [d for _, d in tracked]
