@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the CLI imports heavy modules only inside the command that 
     from fsanet.artifact import Artifact
     from fsanet.build import BuildOptions
     from fsanet.engine import PoseEngine
+    from fsanet.video import VideoOptions
 
 
 def _bool(text: str) -> bool:
@@ -229,7 +230,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from fsanet.api import load
     from fsanet.predict import HeadPoseEstimator, jsonl_writer, predict
     from fsanet.tracking import OneEuro
-    from fsanet.video import VideoOptions
 
     if not args.ray and (args.address or args.format != "jsonl"):
         raise FsanetError("--address and --format parquet go with --ray")
@@ -246,7 +246,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             raise FsanetError("--format parquet writes a file: give --jsonl FILE.parquet")
         check_ray()  # before the engine: without Ray, one line at once
     _check_outputs(args.output, jsonl)
-    video = VideoOptions(detect_every=args.detect_every, detect_size=args.detect_size)
+    video = _video_options(args)
     smooth = OneEuro(args.smooth_min_cutoff, args.smooth_beta) if args.smooth else None
     engine = load(
         args.engine or args.model,
@@ -341,11 +341,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         from fsanet.api import load
         from fsanet.bench.endtoend import bench_end_to_end
         from fsanet.predict import HeadPoseEstimator
-        from fsanet.video import VideoOptions
 
         if len(args.models) > 1:
             raise FsanetError("--end-to-end runs one model: fusion, a variant or an engine")
-        options = VideoOptions(detect_every=args.detect_every, detect_size=args.detect_size)
+        options = _video_options(args)
         engine = load(
             args.models[0] if args.models else "fusion",
             threads=args.threads,
@@ -759,6 +758,16 @@ def _args_predict(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _video_options(args: argparse.Namespace) -> VideoOptions:
+    from fsanet.video import VideoOptions as Options
+
+    return Options(
+        detect_every=args.detect_every,
+        detect_size=args.detect_size,
+        cut_threshold=args.scene_cut or None,  # 0: off
+    )
+
+
 def _add_detect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--detect-every",
@@ -772,6 +781,14 @@ def _add_detect_options(p: argparse.ArgumentParser) -> None:
         type=_number(int, 64),
         metavar="N",
         help="video: detect on the frame scaled to N pixels on its long side (full size)",
+    )
+    p.add_argument(
+        "--scene-cut",
+        type=_number(float, 0.0, 255.0),
+        default=20.0,
+        metavar="LEVELS",
+        help="video: a frame whose thumbnail differs from the last by more than LEVELS grey "
+        "levels starts a new scene: tracks end, faces are detected again (20; 0: off)",
     )
 
 

@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from fsanet.artifact import Artifact
+from fsanet.cli import main
 from fsanet.engine import PoseEngine
 from fsanet.errors import FsanetError
 from fsanet.predict import HeadPoseEstimator, predict
@@ -78,3 +80,20 @@ def test_a_bad_threshold_is_refused() -> None:
         SceneCuts(-1)
     first = SceneCuts()
     assert first.difference(np.zeros((10, 10, 3), np.uint8)) == 0.0  # nothing to compare yet
+
+
+def test_cli_scene_cut_option(
+    fusion_artifact: Artifact, shared: Path, capsys: pytest.CaptureFixture
+) -> None:
+    clip = str(shared / "videos" / "stage-cuts.mp4")
+    base = ["predict", clip, "--frames", "30", "--detect-every", "3", "-q"]
+    base += ["--engine", str(fusion_artifact.path)]
+    ids: dict[str, set[int]] = {}
+    for threshold in ("20", "0"):
+        assert main([*base, "--scene-cut", threshold]) == 0
+        records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        ids[threshold] = {r["track"] for r in records if r["frame"] >= STAGE_CUTS[0]}
+        ids[threshold] &= {r["track"] for r in records if r["frame"] < STAGE_CUTS[0]}
+    assert ids["20"] == set() and ids["0"]  # off: faces of the first shot carried into the next
+    with pytest.raises(SystemExit):
+        main([*base, "--scene-cut", "-1"])
