@@ -1,9 +1,9 @@
 """Face detectors: one small interface, and YuNet (OpenCV Zoo's face detector).
 
 YuNet runs on ONNX Runtime by default, with FaceDetectorYN's decoding and NMS redone in
-numpy: the same faces as OpenCV's `cv2.FaceDetectorYN` (boxes and landmarks within 1e-3
-px on the 2000 AFLW2000 photos and the classroom clip's frames, tested) in ~0.6x its
-time (1280 x 720 on 2 cores: 15.7 vs 26.0 ms; docs/VIDEO.md). `runtime="opencv"` runs
+numpy: the same faces as OpenCV's `cv2.FaceDetectorYN` (boxes, landmarks and scores within
+2.4e-4 on every frame of the clips in ../shared/videos and all 2000 AFLW2000 photos; a
+sample is tested) in about two thirds of its time (docs/VIDEO.md). `runtime="opencv"` runs
 OpenCV's own detector.
 """
 
