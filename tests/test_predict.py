@@ -373,3 +373,17 @@ def test_cli_predict_detect_every_and_detect_size(
     assert records[1]["score"] == records[0]["score"] and records[1]["box"] == records[0]["box"]
     with pytest.raises(SystemExit):  # argparse refuses a detector input under 64 pixels
         main([*argv, "--detect-size", "32"])
+
+
+@pytest.mark.real
+def test_a_pipelined_file_is_decoded_on_one_thread(shared: Path) -> None:
+    import cv2
+
+    from fsanet.predict import Source, _open_video
+
+    for clip in ("classroom.mp4", "turns-female.gif"):
+        source = Source("video", str(shared / "videos" / clip), clip)
+        capture = _open_video(source, single_thread=True)
+        assert capture.isOpened() and capture.get(cv2.CAP_PROP_N_THREADS) == 1, clip
+        assert capture.read()[0]
+        capture.release()
