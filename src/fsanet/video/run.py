@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -295,39 +295,53 @@ def core_split(cores: int) -> tuple[int, int]:
 
 
 class ThreadShares:
-    """While a pipeline runs: the detector's threads (YuNet's ONNX Runtime session, and
-    OpenCV's pool) and the engine's workers set by `core_split`, then put back as they were.
+    """While a pipeline runs, the threads of its stages, then put back as they were.
 
-    `cv2.setNumThreads` is process-wide (one thread pool with OpenCV's pthreads backend;
-    OpenCV's docs: not thread-safe, not to be called from concurrent threads), so it is set
-    before the stage threads start and restored once they have stopped: during the run,
-    every OpenCV call of the process uses the detector's share. The engine's share applies
-    to ONNX Runtime runners that cut a batch over their workers (`cores="split"`, which
-    read their thread count at each call); other runners (ONNX Runtime `shared`, OpenVINO,
-    TensorFlow) fix their threads when loaded and keep them."""
+    With `split`, the detector (YuNet's ONNX Runtime session, and OpenCV's pool) and the
+    engine's workers get the shares of `core_split`. `cv2.setNumThreads` is process-wide
+    (one thread pool with OpenCV's pthreads backend; OpenCV's docs: not thread-safe, not to
+    be called from concurrent threads), so it is set before the stage threads start and
+    restored once they have stopped: during the run, every OpenCV call of the process uses
+    the detector's share. The engine's share applies to ONNX Runtime runners that cut a
+    batch over their workers (`cores="split"`, which read their thread count at each call);
+    other runners (ONNX Runtime `shared`, OpenVINO, TensorFlow) fix their threads when
+    loaded and keep them. Then, with `detect_workers` > 1, the detector's threads are
+    divided among that many concurrent detections (YuNet reads `threads` at each call)."""
 
-    def __init__(self, engine: object, detector: object, cores: int | None = None) -> None:
+    def __init__(
+        self,
+        engine: object,
+        detector: object,
+        cores: int | None = None,
+        *,
+        split: bool = True,
+        detect_workers: int = 1,
+    ) -> None:
         from fsanet.backends.base import available_cpus
 
         self.detect, self.engine = core_split(cores or available_cpus())
+        self.split, self.detect_workers = split, detect_workers
         self._runners = [
             runner
             for runner in getattr(engine, "runners", [])
-            if runner.backend == "onnxruntime" and runner.cores == "split"
+            if split and runner.backend == "onnxruntime" and runner.cores == "split"
         ]
-        self._detector = detector if hasattr(detector, "threads") else None
+        self._detector: Any = detector if hasattr(detector, "threads") else None
         self._saved: tuple[int, int | None, list[int]] | None = None
 
     def apply(self) -> None:
         if self._saved is not None:
             return
-        detector = None if self._detector is None else self._detector.threads  # type: ignore[attr-defined]
-        self._saved = (cv2.getNumThreads(), detector, [r.threads for r in self._runners])
-        cv2.setNumThreads(self.detect)
-        if self._detector is not None:
-            self._detector.threads = self.detect  # type: ignore[attr-defined]
-        for runner in self._runners:
-            runner.threads = min(runner.threads, self.engine)
+        detector = self._detector
+        saved = None if detector is None else detector.threads
+        self._saved = (cv2.getNumThreads(), saved, [r.threads for r in self._runners])
+        if self.split:
+            cv2.setNumThreads(self.detect)
+            for runner in self._runners:
+                runner.threads = min(runner.threads, self.engine)
+        if detector is not None:
+            share = self.detect if self.split else detector.threads
+            detector.threads = max(1, share // self.detect_workers)
 
     def restore(self) -> None:
         if self._saved is None:
@@ -335,7 +349,7 @@ class ThreadShares:
         opencv, detector, engine = self._saved
         cv2.setNumThreads(opencv)
         if self._detector is not None:
-            self._detector.threads = detector  # type: ignore[attr-defined]
+            self._detector.threads = detector
         for runner, threads in zip(self._runners, engine, strict=True):
             runner.threads = threads
         self._saved = None
@@ -359,12 +373,11 @@ def video_frames(
     if not options.pipelined:
         return (stages.pose(stages.detect(f)) for f in frames)
     estimator = stages.estimator
-    shares = ThreadShares(estimator.engine, estimator.detector) if options.split_cores else None
     workers = 1 if camera else options.detect_workers  # a camera's newest frame, alone
-    spread = _DetectorSpread(estimator.detector, workers)
-    if shares is not None:
-        shares.apply()  # before any stage thread starts; restored once all have stopped
-    spread.apply()  # after the shares: each worker takes its part of the detector's share
+    shares = ThreadShares(
+        estimator.engine, estimator.detector, split=options.split_cores, detect_workers=workers
+    )
+    shares.apply()  # before any stage thread starts; restored once all have stopped
     first = Latest() if camera else Bounded(options.depth)
     later = 1 if camera else options.depth  # a camera's frame waits for no other
     decoded_ = background(frames, hand=first)
@@ -376,34 +389,7 @@ def video_frames(
         posed = background(_each(stages.pose, detected), later)
     else:  # a file: latency does not matter, consecutive frames share engine calls
         posed = background(stages.batched(detected), later)
-
-    def ended() -> None:
-        spread.restore()
-        if shares is not None:
-            shares.restore()
-
-    return _Counted(posed, first, ended)
-
-
-class _DetectorSpread:
-    """While a pipeline runs: the detector's threads divided among `workers` concurrent
-    detections (YuNet's `threads`, read at each call), then put back."""
-
-    def __init__(self, detector: object, workers: int) -> None:
-        self._detector = detector if workers > 1 and hasattr(detector, "threads") else None
-        self._workers = workers
-        self._saved: int | None = None
-
-    def apply(self) -> None:
-        if self._detector is None or self._saved is not None:
-            return
-        self._saved = self._detector.threads  # type: ignore[attr-defined]
-        self._detector.threads = max(1, self._saved // self._workers)  # type: ignore[attr-defined]
-
-    def restore(self) -> None:
-        if self._detector is None or self._saved is None:
-            return
-        self._detector.threads, self._saved = self._saved, None  # type: ignore[attr-defined]
+    return _Counted(posed, first, shares.restore)
 
 
 def _each(
