@@ -150,10 +150,9 @@ def decoded(
         if camera:
             stamp = now - first
         else:
-            at = position() / 1e3 if stamps else -1.0  # type: ignore[misc]
-            if stamps and not at > last:
-                stamps = False  # no usable timestamps: index / fps from here on
-            stamp = at if stamps else index / fps
+            at = position() / 1e3 if stamps and position is not None else None
+            stamps = at is not None and at > last  # once they stop rising: index / fps
+            stamp = at if stamps and at is not None else index / fps
             last = stamp
         cut = cuts is not None and cuts.is_cut(image)
         done = time.perf_counter()
