@@ -4,6 +4,7 @@ Lines and as Parquet; one-line errors, nothing half-written, and no Ray process 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -318,27 +319,28 @@ def test_a_worker_checks_the_engine_it_gets_by_sha256(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"]  # no records file
 
 
-# --- s3:// URIs: a real S3 API on loopback (moto's server, started and stopped by its
-# process id); photos and a video read from a bucket give the records `fsanet predict` gives
-# for the same files on disk, named by their URIs.
+# --- Object stores: real S3 and GCS APIs on loopback (moto's S3 server, and
+# gcp-storage-emulator), each started and stopped by its process id; photos and a video read
+# from a bucket give the records `fsanet predict` gives for the same files on disk, named by
+# their URIs.
 
-S3_FRAMES = 4
+STORE_FRAMES = 4
 BUCKET = "faces"
 # moto accepts any key; a real store takes them from the environment the same way.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fsanet-test", "AWS_SECRET_ACCESS_KEY": "fsanet-test"}
+GCS = "endpoint_override={endpoint}&scheme=http"  # how to reach the emulator
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on 127.0.0.1 (a free port), stopped by its process id."""
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def loopback_server(command: list[str], port: int, name: str) -> Iterator[str]:
+    """A store's server on 127.0.0.1:`port`, ready, and stopped by its process id."""
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -348,7 +350,7 @@ def s3_endpoint() -> Iterator[str]:
                 break
             except httpx.TransportError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto's S3 server did not start") from None
+                    raise RuntimeError(f"{name} did not start") from None
                 time.sleep(0.2)
         yield endpoint
     finally:
@@ -360,63 +362,123 @@ def s3_endpoint() -> Iterator[str]:
             server.wait(5)
 
 
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    port = free_port()
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with loopback_server(command, port, "moto's S3 server") as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def gcs_endpoint() -> Iterator[str]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+        "--port", str(port), "--in-memory",
+    ]  # fmt: skip
+    with loopback_server(command, port, "gcp-storage-emulator") as endpoint:
+        yield endpoint
+
+
 def uri(endpoint: str, key: str) -> str:
     """An s3:// URI with the store's address in its query, as pyarrow reads it."""
     return f"s3://{BUCKET}/{key}?endpoint_override={endpoint}&scheme=http&region=us-east-1"
 
 
 @pytest.fixture(scope="module")
-def files(shared: Path, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same tree in the bucket (under `set/`) and on disk: photos, one in a subfolder,
-    and a clip."""
-    root = tmp_path_factory.mktemp("s3") / "set"
+def files(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tree each bucket holds under `set/`, on disk: photos, one in a subfolder, and a
+    clip."""
+    root = tmp_path_factory.mktemp("store") / "set"
     (root / "sub").mkdir(parents=True)
     names = ["image00002.jpg", "sub/b.jpg", "a.jpg", "sub/c.jpg"]
     with zipfile.ZipFile(shared / "datasets" / "AFLW2000-3D.zip") as z:
         for n, name in zip(PHOTOS, names, strict=True):
             (root / name).write_bytes(z.read(f"AFLW2000/image{n:05d}.jpg"))
     (root / "clip.mp4").write_bytes((shared / "videos" / "talking-head.mp4").read_bytes())
+    return root
+
+
+def upload(store: pafs.FileSystem, root: Path) -> None:
+    store.create_dir(BUCKET)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        with store.open_output_stream(f"{BUCKET}/set/{path.relative_to(root).as_posix()}") as out:
+            out.write(path.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def s3_files(files: Path, s3_endpoint: str) -> Path:
     store = pafs.S3FileSystem(
         endpoint_override=s3_endpoint, scheme="http", region="us-east-1",
         access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
         secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"], allow_bucket_creation=True,
     )  # fmt: skip
-    store.create_dir(BUCKET)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        with store.open_output_stream(f"{BUCKET}/set/{path.relative_to(root).as_posix()}") as out:
-            out.write(path.read_bytes())
-    return root
+    upload(store, files)
+    return files
 
 
-def test_records_from_a_bucket_equal_the_records_from_disk(
-    files: Path, s3_endpoint: str, fusion_engine: PoseEngine, fusion_artifact: Artifact
-) -> None:
+@pytest.fixture(scope="module")
+def gcs_files(files: Path, gcs_endpoint: str) -> Path:
+    store = pafs.GcsFileSystem(
+        anonymous=True, scheme="http", endpoint_override=gcs_endpoint, project_id="fsanet-test"
+    )  # (a bucket is made in a project)
+    upload(store, files)
+    return files
+
+
+@pytest.fixture(scope="module")
+def disk_records(files: Path, fusion_engine: PoseEngine) -> list[dict[str, Any]]:
+    """`fsanet predict`'s records for the tree on disk."""
     out = io.StringIO()
     summary = predict(
-        [str(files)], HeadPoseEstimator(fusion_engine), jsonl=out, max_frames=S3_FRAMES,
+        [str(files)], HeadPoseEstimator(fusion_engine), jsonl=out, max_frames=STORE_FRAMES,
         rotation=True,
     )  # fmt: skip
-    assert summary.images == 4 and summary.frames == S3_FRAMES
-    expected: list[dict[str, Any]] = [json.loads(line) for line in out.getvalue().splitlines()]
-    for record in expected:  # named by the URI, without its query
-        record["source"] = f"s3://{BUCKET}/set" + record["source"][len(str(files)) :]
-    done = run_fsanet(
-        "predict", "--ray", "--threads", "2", uri(s3_endpoint, "set"),
-        "--engine", str(fusion_artifact.path), "--frames", str(S3_FRAMES), "--rotation", "-q",
-        env={**os.environ, **CREDENTIALS},
-    )  # fmt: skip
+    assert summary.images == 4 and summary.frames == STORE_FRAMES
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def check_bucket_run(
+    done: subprocess.CompletedProcess, disk: list[dict[str, Any]], files: Path, named: str
+) -> None:
+    """The records of a run over a bucket: those from disk, named by the URI (no query)."""
     assert done.returncode == 0, done.stderr[-3000:]
+    expected = [{**r, "source": named + r["source"][len(str(files)) :]} for r in disk]
     got = [json.loads(line) for line in done.stdout.splitlines()]
     assert_same_records(got, expected)
-    assert {r["source"] for r in got} >= {
-        f"s3://{BUCKET}/set/sub/b.jpg",
-        f"s3://{BUCKET}/set/clip.mp4",
-    }
+    assert {r["source"] for r in got} >= {f"{named}/sub/b.jpg", f"{named}/clip.mp4"}
     assert all(set(ANGLES) <= set(r) for r in got)
-    assert f"5/5 sources: 4 images, {S3_FRAMES} video frames" in done.stderr
+    assert f"5/5 sources: 4 images, {STORE_FRAMES} video frames" in done.stderr
 
 
-def test_a_missing_key_in_a_bucket_is_one_line(files: Path, s3_endpoint: str) -> None:
+def test_records_from_an_s3_bucket_equal_the_records_from_disk(
+    s3_files: Path, s3_endpoint: str, disk_records: list[dict[str, Any]], fusion_artifact: Artifact
+) -> None:
+    done = run_fsanet(
+        "predict", "--ray", "--threads", "2", uri(s3_endpoint, "set"),
+        "--engine", str(fusion_artifact.path), "--frames", str(STORE_FRAMES), "--rotation", "-q",
+        env={**os.environ, **CREDENTIALS},
+    )  # fmt: skip
+    check_bucket_run(done, disk_records, s3_files, f"s3://{BUCKET}/set")
+
+
+def test_records_from_a_gcs_bucket_equal_the_records_from_disk(
+    gcs_files: Path,
+    gcs_endpoint: str,
+    disk_records: list[dict[str, Any]],
+    fusion_artifact: Artifact,
+) -> None:
+    # `anonymous=true`: the emulator, like a public bucket, wants no credentials.
+    where = f"gs://{BUCKET}/set?anonymous=true&{GCS.format(endpoint=gcs_endpoint)}"
+    done = run_fsanet(
+        "predict", "--ray", "--threads", "2", where,
+        "--engine", str(fusion_artifact.path), "--frames", str(STORE_FRAMES), "--rotation", "-q",
+    )  # fmt: skip
+    check_bucket_run(done, disk_records, gcs_files, f"gs://{BUCKET}/set")
+
+
+def test_a_missing_key_in_a_bucket_is_one_line(s3_files: Path, s3_endpoint: str) -> None:
     done = run_fsanet(
         "predict", "--ray", uri(s3_endpoint, "set/none.jpg"), "-q",
         env={**os.environ, **CREDENTIALS},
@@ -425,4 +487,23 @@ def test_a_missing_key_in_a_bucket_is_one_line(files: Path, s3_endpoint: str) ->
     assert done.stderr.strip().splitlines() == [
         f"fsanet: error: s3://{BUCKET}/set/none.jpg does not exist: give image or video files "
         "or folders"
+    ]
+
+
+def test_gcs_without_credentials_is_one_line_in_bounded_time(
+    gcs_files: Path, gcs_endpoint: str, tmp_path: Path
+) -> None:
+    # No credentials anywhere: no key file, an empty gcloud configuration, and a metadata
+    # server that refuses at once (a machine on Google Cloud would otherwise have one).
+    env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    env.update(CLOUDSDK_CONFIG=str(tmp_path), GCE_METADATA_ROOT=f"127.0.0.1:{free_port()}")
+    where = f"gs://{BUCKET}/set?{GCS.format(endpoint=gcs_endpoint)}&retry_limit_seconds=3"
+    started = time.monotonic()
+    done = run_fsanet("predict", "--ray", where, "-q", env=env)
+    assert time.monotonic() - started < 60  # GCS's own limit is 15 minutes
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"fsanet: error: cannot open {where}: no Google Cloud credentials (set "
+        "GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`; a "
+        "public bucket reads with ?anonymous=true)"
     ]

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import PurePosixPath
+from urllib.parse import parse_qsl, urlsplit
 
 from pyarrow import ArrowException
 from pyarrow import fs as pafs
 
 from fsanet.errors import FsanetError
 from fsanet.predict import IMAGE_SUFFIXES, VIDEO_SUFFIXES, collect_sources
+
+# What a gs:// URI's query may hold: pyarrow's own three, and `anonymous=true` (public
+# buckets and emulators: no credentials), which pyarrow's URIs lack.
+GCS_PARAMETERS = ("anonymous", "endpoint_override", "retry_limit_seconds", "scheme")
+# GCS retries for 15 minutes by default, and missing credentials count as a reason to retry:
+# a listing without them would look like a hang. It gets this long unless the URI says.
+GCS_LISTING_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -84,12 +93,37 @@ def _from_local(text: str) -> list[tuple[str, str, str]]:
     return [(s.kind, s.location, os.path.abspath(s.location)) for s in collect_sources([text])]
 
 
+def open_uri(uri: str, listing: bool = False) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's file system for `uri` and the path in it. A gs:// URI also takes
+    `anonymous=true`; with `listing`, its retries end after GCS_LISTING_S unless the URI sets
+    `retry_limit_seconds` (the files are then read with GCS's own patience)."""
+    parts = urlsplit(uri)
+    if parts.scheme != "gs":
+        return pafs.FileSystem.from_uri(uri)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(query) - set(GCS_PARAMETERS))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter '{unknown[0]}' (a gs:// URI takes {', '.join(GCS_PARAMETERS)})"
+        )
+    limit = query.get("retry_limit_seconds")
+    seconds = float(limit) if limit else GCS_LISTING_S if listing else None
+    filesystem = pafs.GcsFileSystem(
+        anonymous=query.get("anonymous", "false").lower() in ("true", "1"),
+        scheme=query.get("scheme", "https"),  # (pyarrow picks http for anonymous)
+        endpoint_override=query.get("endpoint_override"),
+        retry_time_limit=None if seconds is None else timedelta(seconds=seconds),
+    )
+    return filesystem, (parts.netloc + parts.path).rstrip("/")
+
+
 def _from_uri(uri: str) -> tuple[list[tuple[str, str, str]], pafs.FileSystem]:
     try:
-        filesystem, root = pafs.FileSystem.from_uri(uri)
-        info = filesystem.get_file_info(root)
+        lister, root = open_uri(uri, listing=True)
+        info = lister.get_file_info(root)
+        filesystem = open_uri(uri)[0] if uri.startswith("gs://") else lister
     except (ArrowException, OSError, ValueError) as e:
-        raise FsanetError(f"cannot open {uri}: {_first_line(e)}") from None
+        raise FsanetError(f"cannot open {uri}: {_reason(uri, e)}") from None
     # Records name files by the URI without its query (`?endpoint_override=...` says how
     # to reach the store, not which file it is).
     name = uri.partition("?")[0]
@@ -101,9 +135,9 @@ def _from_uri(uri: str) -> tuple[list[tuple[str, str, str]], pafs.FileSystem]:
             raise FsanetError(f"{name} is not an image or video file (by its name)")
         return [(kind, name, root)], filesystem
     try:
-        entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+        entries = lister.get_file_info(pafs.FileSelector(root, recursive=True))
     except (ArrowException, OSError) as e:
-        raise FsanetError(f"cannot list {uri}: {_first_line(e)}") from None
+        raise FsanetError(f"cannot list {uri}: {_reason(uri, e)}") from None
     base = name.rstrip("/")
     found = []
     for entry in entries:
@@ -121,6 +155,17 @@ def _kind(path: str) -> str | None:
     if suffix in IMAGE_SUFFIXES:
         return "image"
     return "video" if suffix in VIDEO_SUFFIXES else None
+
+
+def _reason(uri: str, error: BaseException) -> str:
+    """The error's first line, or what to do when GCS found no credentials (its own
+    message is a paragraph on one line)."""
+    if uri.startswith("gs://") and "OAuth2 access token" in str(error):
+        return (
+            "no Google Cloud credentials (set GOOGLE_APPLICATION_CREDENTIALS or run `gcloud"
+            " auth application-default login`; a public bucket reads with ?anonymous=true)"
+        )
+    return _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,0 +1,58 @@
+"""How `fsanet predict --ray` opens URIs: pyarrow's file systems, and gs:// options that
+pyarrow's URIs lack (no store is reached here: test_batch.py reads real buckets)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fsanet.errors import FsanetError
+
+pafs = pytest.importorskip(
+    "pyarrow.fs", reason="pyarrow is not installed (pip install 'fsanet[cluster]')"
+)
+
+from fsanet.cluster.batch_sources import GCS_LISTING_S, list_units, open_uri  # noqa: E402
+
+
+def gcs_options(filesystem: pafs.FileSystem) -> dict[str, Any]:
+    assert isinstance(filesystem, pafs.GcsFileSystem)
+    return filesystem.__reduce__()[1][0]  # the options it was made with
+
+
+def test_a_gs_uri_reads_anonymously_when_asked() -> None:
+    filesystem, path = open_uri("gs://bucket/photos/?anonymous=true&endpoint_override=h:1")
+    options = gcs_options(filesystem)
+    assert path == "bucket/photos"
+    assert options["anonymous"] is True and options["endpoint_override"] == "h:1"
+    assert options["scheme"] == "https"  # (pyarrow's own default without credentials: http)
+    assert gcs_options(open_uri("gs://bucket/p?scheme=http")[0])["anonymous"] is False
+
+
+def test_a_gs_listing_gives_up_in_bounded_time_but_reading_keeps_gcs_patience() -> None:
+    assert gcs_options(open_uri("gs://b/p", listing=True)[0])["retry_time_limit"] == timedelta(
+        seconds=GCS_LISTING_S
+    )
+    assert gcs_options(open_uri("gs://b/p")[0])["retry_time_limit"] is None
+    given = open_uri("gs://b/p?retry_limit_seconds=2.5", listing=True)[0]
+    assert gcs_options(given)["retry_time_limit"] == timedelta(seconds=2.5)
+
+
+def test_an_unknown_gs_parameter_is_one_line() -> None:
+    with pytest.raises(FsanetError) as e:
+        list_units(["gs://b/p?region=eu"])
+    assert str(e.value) == (
+        "cannot open gs://b/p?region=eu: unknown parameter 'region' (a gs:// URI takes "
+        "anonymous, endpoint_override, retry_limit_seconds, scheme)"
+    )
+
+
+def test_other_uris_are_pyarrows(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"")
+    filesystem, path = open_uri(tmp_path.as_uri())
+    assert isinstance(filesystem, pafs.LocalFileSystem) and path == str(tmp_path)
+    listing = list_units([tmp_path.as_uri()])
+    assert [u.location for u in listing.units] == [f"{tmp_path.as_uri()}/a.jpg"]
