@@ -41,13 +41,21 @@ def test_a_gs_listing_gives_up_in_bounded_time_but_reading_keeps_gcs_patience() 
     assert gcs_options(given)["retry_time_limit"] == timedelta(seconds=2.5)
 
 
-def test_an_unknown_gs_parameter_is_one_line() -> None:
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        (
+            "region=eu",
+            "unknown parameter 'region' (a gs:// URI takes anonymous, endpoint_override, "
+            "retry_limit_seconds, scheme)",
+        ),
+        ("retry_limit_seconds=soon", "retry_limit_seconds must be a number, got 'soon'"),
+    ],
+)
+def test_a_bad_gs_query_is_one_line(query: str, reason: str) -> None:
     with pytest.raises(FsanetError) as e:
-        list_units(["gs://b/p?region=eu"])
-    assert str(e.value) == (
-        "cannot open gs://b/p?region=eu: unknown parameter 'region' (a gs:// URI takes "
-        "anonymous, endpoint_override, retry_limit_seconds, scheme)"
-    )
+        list_units([f"gs://b/p?{query}"])
+    assert str(e.value) == f"cannot open gs://b/p?{query}: {reason}"
 
 
 def test_other_uris_are_pyarrows(tmp_path: Path) -> None:

@@ -107,7 +107,10 @@ def open_uri(uri: str, listing: bool = False) -> tuple[pafs.FileSystem, str]:
             f"unknown parameter '{unknown[0]}' (a gs:// URI takes {', '.join(GCS_PARAMETERS)})"
         )
     limit = query.get("retry_limit_seconds")
-    seconds = float(limit) if limit else GCS_LISTING_S if listing else None
+    try:
+        seconds = float(limit) if limit else GCS_LISTING_S if listing else None
+    except ValueError:
+        raise ValueError(f"retry_limit_seconds must be a number, got '{limit}'") from None
     filesystem = pafs.GcsFileSystem(
         anonymous=query.get("anonymous", "false").lower() in ("true", "1"),
         scheme=query.get("scheme", "https"),  # (pyarrow picks http for anonymous)
