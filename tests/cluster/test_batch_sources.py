@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from fsanet import progress
 from fsanet.errors import FsanetError
 
 pafs = pytest.importorskip(
@@ -64,3 +65,16 @@ def test_other_uris_are_pyarrows(tmp_path: Path) -> None:
     assert isinstance(filesystem, pafs.LocalFileSystem) and path == str(tmp_path)
     listing = list_units([tmp_path.as_uri()])
     assert [u.location for u in listing.units] == [f"{tmp_path.as_uri()}/a.jpg"]
+
+
+def test_listing_a_uri_says_so_while_it_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"")
+    monkeypatch.setattr(progress, "_enabled", True)
+    list_units([tmp_path.as_uri() + "?"])  # named without its query
+    shown = capsys.readouterr().err
+    assert f"listing {tmp_path.as_uri()}" in shown and "?" not in shown
+    monkeypatch.setattr(progress, "_enabled", False)  # -q
+    list_units([tmp_path.as_uri()])
+    assert capsys.readouterr().err == ""

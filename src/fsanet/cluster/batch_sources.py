@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pyarrow import ArrowException
 from pyarrow import fs as pafs
 
+from fsanet import progress
 from fsanet.errors import FsanetError
 from fsanet.predict import IMAGE_SUFFIXES, VIDEO_SUFFIXES, collect_sources
 
@@ -121,15 +122,21 @@ def open_uri(uri: str, listing: bool = False) -> tuple[pafs.FileSystem, str]:
 
 
 def _from_uri(uri: str) -> tuple[list[tuple[str, str, str]], pafs.FileSystem]:
+    # Records name files by the URI without its query (`?endpoint_override=...` says how
+    # to reach the store, not which file it is).
+    name = uri.partition("?")[0]
+    # A store lists a large bucket in one slow call: say what is being waited for.
+    with progress.bar(desc=f"listing {name}", bar_format="{desc}"):
+        return _list_uri(uri, name)
+
+
+def _list_uri(uri: str, name: str) -> tuple[list[tuple[str, str, str]], pafs.FileSystem]:
     try:
         lister, root = open_uri(uri, listing=True)
         info = lister.get_file_info(root)
         filesystem = open_uri(uri)[0] if uri.startswith("gs://") else lister
     except (ArrowException, OSError, ValueError) as e:
         raise FsanetError(f"cannot open {uri}: {_reason(uri, e)}") from None
-    # Records name files by the URI without its query (`?endpoint_override=...` says how
-    # to reach the store, not which file it is).
-    name = uri.partition("?")[0]
     if info.type == pafs.FileType.NotFound:
         raise FsanetError(f"{name} does not exist: give image or video files or folders")
     if info.type == pafs.FileType.File:
