@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from fsanet.artifact import Artifact
-from fsanet.datasets import Aflw2000
-from fsanet.engine import PoseEngine
+from fsanet.assets.aflw2000 import Aflw2000
+from fsanet.engine.artifact import Artifact
+from fsanet.engine.pose import PoseEngine
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FSANET_TEST_MIRROR", REPO.parent / "shared"))
@@ -46,7 +46,7 @@ def fsanet_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def aflw2000(shared: Path) -> Aflw2000:
-    from fsanet.datasets import load_aflw2000
+    from fsanet.assets.aflw2000 import load_aflw2000
 
     return load_aflw2000()
 
@@ -54,7 +54,7 @@ def aflw2000(shared: Path) -> Aflw2000:
 @pytest.fixture(scope="session")
 def fusion_artifact(shared: Path) -> Artifact:
     """The default engine: all three variants, ONNX Runtime fp32, dynamic batch."""
-    from fsanet.build import BuildOptions, build
+    from fsanet.convert.pipeline import BuildOptions, build
 
     return build(BuildOptions.create())
 
@@ -62,7 +62,7 @@ def fusion_artifact(shared: Path) -> Artifact:
 @pytest.fixture(scope="session")
 def flip_artifact(shared: Path) -> Artifact:
     """The default engine with flip test-time augmentation inside its graph."""
-    from fsanet.build import BuildOptions, build
+    from fsanet.convert.pipeline import BuildOptions, build
 
     return build(BuildOptions.create(tta="flip"))
 

@@ -15,11 +15,11 @@ import sys
 
 import numpy as np
 
-from fsanet.artifact import Artifact
 from fsanet.cli import main
-from fsanet.engine import PoseEngine
-from fsanet.machine import this_machine
-from fsanet.vision.detect import YuNet
+from fsanet.core.machine import this_machine
+from fsanet.engine.artifact import Artifact
+from fsanet.engine.pose import PoseEngine
+from fsanet.faces.vision.detect import YuNet
 
 
 def run() -> dict:

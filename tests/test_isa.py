@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 import pytest
 
-from fsanet.build import BuildOptions, build
+from fsanet.convert.pipeline import BuildOptions, build
 from fsanet.convert.precision import int8_schemes
-from fsanet.engine import PoseEngine
-from fsanet.errors import BuildError
-from fsanet.machine import Machine, this_machine
-from fsanet.vision.detect import YuNet
+from fsanet.core.errors import BuildError
+from fsanet.core.machine import Machine, this_machine
+from fsanet.engine.pose import PoseEngine
+from fsanet.faces.vision.detect import YuNet
 
 QEMU = shutil.which("qemu-x86_64")
 NUM_CROPS = 48
@@ -171,7 +171,7 @@ def test_u8s8_int8_saturates_without_vnni(avx2, int8_engines):
 
 
 def build_artifact(path: Path | str):
-    from fsanet.artifact import Artifact
+    from fsanet.engine.artifact import Artifact
 
     assert isinstance(path, Path), path
     return Artifact.load(path)

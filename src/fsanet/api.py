@@ -1,18 +1,39 @@
-"""The Python API in a few calls: get an engine, run it, score it."""
+"""The Python API in a few calls: get an engine, run it, score it, time it.
+
+This is the facade: it turns names into engines (`load`), resolves `precision="auto"` by
+measuring (`build`: cached -> tuned -> built), and opens named models for `benchmark`, so
+the layers below only ever see engines and concrete options.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fsanet.artifact import Artifact
-from fsanet.build import BuildOptions, build, find_artifact
-from fsanet.datasets import load_aflw2000
-from fsanet.engine import PoseEngine
-from fsanet.errors import ArtifactError, FsanetError
-from fsanet.evaluate import EvalReport, evaluate
-from fsanet.tta import NONE, engine_mode
+from fsanet.assets.aflw2000 import load_aflw2000
+from fsanet.assets.zoo import VARIANTS
+from fsanet.convert import pipeline
+from fsanet.convert.pipeline import AUTO, BuildOptions, find_artifact
+from fsanet.core.errors import ArtifactError, FsanetError
+from fsanet.engine.artifact import Artifact
+from fsanet.engine.backends.base import available_cpus
+from fsanet.engine.pose import PoseEngine
+from fsanet.engine.tta import NONE, engine_mode
+from fsanet.faces import estimator
+from fsanet.measure.bench import core as bench
+from fsanet.measure.evaluate import EvalReport, evaluate
+from fsanet.measure.tune import tune
+
+
+def build(options: BuildOptions, mirror: str | None = None, force: bool = False) -> Artifact:
+    """The engine for `options`: the cached one, or, for `precision="auto"`, the fastest
+    accurate one tuned on this machine, or a new build (see `fsanet.convert.pipeline.build`).
+    `force` builds (or tunes) again."""
+    if options.precision == AUTO:
+        return tune(options, mirror, force)
+    return pipeline.build(options, mirror, force)
 
 
 def load(
@@ -67,3 +88,89 @@ def evaluate_aflw2000(
     """Score `engine` on FSA-Net's AFLW2000 evaluation set (the 1969 images within ±99°)."""
     data = load_aflw2000(dataset, mirror).evaluation_subset()
     return evaluate(engine, data, num=num, batch=batch)
+
+
+def benchmark(
+    engines: Sequence[bench.Engine | str | Path] = ("fusion",),
+    batches: Sequence[int] = bench.DEFAULT_BATCHES,
+    *,
+    iterations: int | None = None,
+    duration: float | None = None,
+    warmup: int = bench.DEFAULT_WARMUP,
+    rounds: int = bench.DEFAULT_ROUNDS,
+    threads: int | None = None,
+    baseline: str | None = None,
+    dataset: str | Path | None = None,
+    peak: bool = True,
+    mirror: str | None = None,
+    **load_options: Any,
+) -> bench.BenchReport:
+    """`fsanet.measure.bench.benchmark` for engines or model names: names (`fusion`, a
+    variant, `all`) and artifact directories are opened with `load(..., **load_options)`
+    and closed afterwards; with a TTA asked for, a named model's plain engine is measured
+    next to it."""
+    if threads is None:
+        threads = available_cpus()
+    bench.check_settings(batches, iterations, duration, warmup, rounds, threads, baseline)
+    names = bench.expand_models([e for e in engines if isinstance(e, str | Path)])
+    opened: list[PoseEngine] = []
+    try:
+        loaded = _open(engines, iter(names), threads, mirror, load_options, opened)
+        return bench.benchmark(
+            loaded, batches, iterations=iterations, duration=duration, warmup=warmup,
+            rounds=rounds, threads=threads, baseline=baseline, dataset=dataset, peak=peak,
+            mirror=mirror,
+        )  # fmt: skip
+    finally:
+        for engine in reversed(opened):
+            engine.close()
+
+
+def _open(
+    engines: Sequence[Any],
+    names: Any,
+    threads: int,
+    mirror: str | None,
+    load_options: dict[str, Any],
+    opened: list[PoseEngine],
+) -> list[Any]:
+    loaded: list[Any] = []
+    for engine in engines:
+        if not isinstance(engine, str | Path):
+            loaded.append(engine)
+            continue
+        specs = [next(names)]
+        if str(engine).lower() == bench.ALL:
+            specs += [next(names) for _ in range(len(VARIANTS))]
+        for spec in specs:
+            for options in _with_plain(spec, load_options):
+                opened.append(load(spec, threads=threads, mirror=mirror, **options))
+                loaded.append(opened[-1])
+    return loaded
+
+
+def _with_plain(spec: str | Path, load_options: dict[str, Any]) -> list[dict[str, Any]]:
+    """The load options for a named model: with TTA asked for, the plain engine comes
+    first, so the TTA one is measured next to it (and compared with it, without a baseline)."""
+    tta = load_options.get("tta", NONE)
+    if tta == NONE or is_artifact_path(spec):
+        return [load_options]
+    return [{**load_options, "tta": NONE}, load_options]
+
+
+class HeadPoseEstimator(estimator.HeadPoseEstimator):
+    """`fsanet.faces.estimator.HeadPoseEstimator` that loads the `model` engine (default
+    fusion) when none is given."""
+
+    def __init__(
+        self,
+        engine: PoseEngine | None = None,
+        detector: Any = None,
+        *,
+        model: str = "fusion",
+        mirror: str | None = None,
+        **options: Any,
+    ) -> None:
+        if engine is None:
+            engine = load(model, mirror=mirror)
+        super().__init__(engine, detector, mirror=mirror, **options)

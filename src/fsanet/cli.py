@@ -11,14 +11,15 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from fsanet import __version__, progress
-from fsanet.errors import FsanetError
+from fsanet import __version__
+from fsanet.core import progress
+from fsanet.core.errors import FsanetError
 
 if TYPE_CHECKING:  # the CLI imports heavy modules only inside the command that needs them
-    from fsanet.artifact import Artifact
-    from fsanet.build import BuildOptions
-    from fsanet.engine import PoseEngine
-    from fsanet.video import VideoOptions
+    from fsanet.convert.pipeline import BuildOptions
+    from fsanet.engine.artifact import Artifact
+    from fsanet.engine.pose import PoseEngine
+    from fsanet.faces.video import VideoOptions
 
 
 def _bool(text: str) -> bool:
@@ -75,15 +76,15 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
-    from fsanet.fetch import fetch
-    from fsanet.zoo import resolve_files
+    from fsanet.assets.fetch import fetch
+    from fsanet.assets.zoo import resolve_files
 
     paths = {f.name: str(fetch(f, args.mirror)) for f in resolve_files(args.names)}
     _emit(args, {"files": paths}, "\n".join(f"{n:<36} {p}" for n, p in paths.items()))
 
 
 def cmd_dataset(args: argparse.Namespace) -> None:
-    from fsanet.datasets import load_aflw2000, prepare_aflw2000
+    from fsanet.assets.aflw2000 import load_aflw2000, prepare_aflw2000
 
     path = prepare_aflw2000(args.source, args.mirror, args.output)
     data = load_aflw2000(path)
@@ -96,7 +97,7 @@ def cmd_dataset(args: argparse.Namespace) -> None:
 
 
 def _build_options(args: argparse.Namespace) -> BuildOptions:
-    from fsanet.build import BuildOptions
+    from fsanet.convert.pipeline import BuildOptions
 
     return BuildOptions.create(args.models or None, **_option_values(args))
 
@@ -159,14 +160,14 @@ def _describe(artifact: Artifact) -> str:
         tried = ", ".join(f"{t['scheme']} {t['delta']:+.3f}°" for t in int8["tried"])
         lines.append(f"  int8 setting {int8['scheme']} (tried on this CPU: {tried})")
     if tuning := m.extra.get("tuning"):
-        from fsanet.tune import TuningReport
+        from fsanet.measure.tune import TuningReport
 
         lines += ["", str(TuningReport.from_dict(tuning))]
     return "\n".join(lines)
 
 
 def cmd_build(args: argparse.Namespace) -> None:
-    from fsanet.build import build
+    from fsanet.api import build
 
     artifact = build(_build_options(args), args.mirror, force=args.force)
     _emit(args, {"path": str(artifact.path), **artifact.manifest.to_dict()}, _describe(artifact))
@@ -192,8 +193,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _eval_end_to_end(args: argparse.Namespace) -> None:
-    from fsanet.endtoend import E2E_SCORE_THRESHOLD, evaluate_end_to_end
-    from fsanet.predict import HeadPoseEstimator
+    from fsanet.faces.estimator import HeadPoseEstimator
+    from fsanet.measure.endtoend import E2E_SCORE_THRESHOLD, evaluate_end_to_end
 
     if args.dataset and str(args.dataset).endswith(".npz"):
         raise FsanetError("--end-to-end needs the raw photos: the AFLW2000-3D zip or folder")
@@ -214,7 +215,7 @@ def _check_outputs(output: str | None, jsonl: str | None) -> None:
     engine and reading the inputs."""
     from pathlib import Path
 
-    from fsanet.files import ensure_dir
+    from fsanet.core.files import ensure_dir
 
     if output is not None:
         ensure_dir(Path(output))
@@ -228,15 +229,16 @@ def _check_outputs(output: str | None, jsonl: str | None) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from fsanet.api import load
-    from fsanet.predict import HeadPoseEstimator, jsonl_writer, predict
-    from fsanet.tracking import OneEuro
+    from fsanet.faces.estimator import HeadPoseEstimator
+    from fsanet.faces.predict import jsonl_writer, predict
+    from fsanet.faces.tracking import OneEuro
 
     if not args.ray and (args.address or args.format != "jsonl"):
         raise FsanetError("--address and --format parquet go with --ray")
     # JSON Lines go to stdout unless written elsewhere; the summary then goes to stderr.
     jsonl = args.jsonl or (None if args.output else "-")
     if args.ray:
-        from fsanet.cluster.batch import check_ray
+        from fsanet.deploy.cluster.batch import check_ray
 
         if args.output:
             raise FsanetError("--ray writes records only: give --jsonl FILE, not --output")
@@ -259,7 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         ),
     )
     if args.ray:  # the workers load the engine's files, sent through Ray's object store
-        from fsanet.cluster.batch import BatchOptions, WorkerOptions, predict_on_ray
+        from fsanet.deploy.cluster.batch import BatchOptions, WorkerOptions, predict_on_ray
 
         artifact = engine.artifact
         engine.close()
@@ -309,7 +311,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_matrix(args: argparse.Namespace) -> None:
-    from fsanet.matrix import accuracy_matrix, write_markdown
+    from fsanet.measure.matrix import accuracy_matrix, write_markdown
 
     matrix = accuracy_matrix(
         args.backends, args.precisions, args.methods, args.mirror, tta=args.tta
@@ -323,9 +325,9 @@ def cmd_matrix(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from fsanet.datasets import prepare_aflw2000
-    from fsanet.fetch import fetch
-    from fsanet.zoo import resolve_variants
+    from fsanet.assets.aflw2000 import prepare_aflw2000
+    from fsanet.assets.fetch import fetch
+    from fsanet.assets.zoo import resolve_variants
 
     for variant in resolve_variants(args.models or None):
         fetch(variant.file, args.mirror)
@@ -335,12 +337,13 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from fsanet.bench import benchmark, check_plot_path, parse_batches
+    from fsanet.api import benchmark
+    from fsanet.measure.bench import check_plot_path, parse_batches
 
-    if args.end_to_end:  # whole predict runs on one video (fsanet.bench.endtoend)
+    if args.end_to_end:  # whole predict runs on one video (fsanet.measure.bench.stages)
         from fsanet.api import load
-        from fsanet.bench.endtoend import bench_end_to_end
-        from fsanet.predict import HeadPoseEstimator
+        from fsanet.faces.estimator import HeadPoseEstimator
+        from fsanet.measure.bench.stages import bench_end_to_end
 
         if len(args.models) > 1:
             raise FsanetError("--end-to-end runs one model: fusion, a variant or an engine")
@@ -387,9 +390,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from fsanet.serve.app import ServeConfig, check_tls, serve  # one-line error if no extra
-    from fsanet.serve.auth import read_api_key
-    from fsanet.serve.limits import Limits
+    from fsanet.deploy.serve.app import ServeConfig, check_tls, serve  # one-line error if no extra
+    from fsanet.deploy.serve.auth import read_api_key
+    from fsanet.deploy.serve.limits import Limits
 
     limits = Limits(
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
@@ -426,7 +429,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not args.ray and (args.address or args.replicas):
         raise FsanetError("--address and --replicas go with --ray")
     if args.ray:  # before the engine: without Ray, one line at once
-        from fsanet.cluster import FaceOptions, RayOptions, Replicas, serve_on_ray
+        from fsanet.deploy.cluster import FaceOptions, RayOptions, Replicas, serve_on_ray
 
         options = RayOptions(
             args.address, args.replicas or Replicas(), replica_cpus=float(args.threads or 1)
@@ -442,7 +445,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         estimator = None
         if not args.no_faces:
-            from fsanet.predict import HeadPoseEstimator
+            from fsanet.faces.estimator import HeadPoseEstimator
 
             estimator = HeadPoseEstimator(
                 engine, score_threshold=args.score_threshold, mirror=args.mirror
@@ -455,7 +458,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_loadtest(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from fsanet.serve.loadtest import crop_bodies, run_load
+    from fsanet.deploy.serve.loadtest import crop_bodies, run_load
 
     if args.image:
         image = Path(args.image)
@@ -464,7 +467,7 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
         kind = "image/png" if image.suffix.lower() == ".png" else "image/jpeg"
         path, bodies, per = "/v1/pose", [image.read_bytes()], None
     else:
-        from fsanet.datasets import load_aflw2000
+        from fsanet.assets.aflw2000 import load_aflw2000
 
         crops = load_aflw2000(args.dataset, args.mirror).images
         kind, path, per = "application/x-npy", "/v1/pose/crops", args.crops
@@ -486,9 +489,9 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from fsanet.artifact import Artifact
-    from fsanet.export import TritonOptions, export_triton
-    from fsanet.export.triton import check_options
+    from fsanet.deploy.export import TritonOptions, export_triton
+    from fsanet.deploy.export.triton import check_options
+    from fsanet.engine.artifact import Artifact
 
     options = TritonOptions(
         name=args.name,
@@ -505,7 +508,7 @@ def cmd_export(args: argparse.Namespace) -> None:
             raise FsanetError("give a model name or --engine DIR, not both")
         artifact = Artifact.load(args.engine)
     else:
-        from fsanet.build import build
+        from fsanet.api import build
 
         if len(args.models) > 1:
             raise FsanetError("export one model at a time: fusion, a variant, or --engine DIR")
@@ -642,7 +645,7 @@ def _args_dataset(p: argparse.ArgumentParser) -> None:
 
 
 def _batches(text: str) -> list[int]:
-    from fsanet.bench import parse_batches
+    from fsanet.measure.bench import parse_batches
 
     try:
         return parse_batches(text)
@@ -674,7 +677,7 @@ def _args_eval(p: argparse.ArgumentParser) -> None:
 
 
 def _add_face_options(p: argparse.ArgumentParser, threshold_default: str) -> None:
-    # fsanet.vision.crop.CROP_RULES, spelled out so that building the parser imports no cv2
+    # fsanet.faces.vision.crop.CROP_RULES, spelled out so that building the parser imports no cv2
     p.add_argument(
         "--crop", choices=("thirds", "landmarks", "demo"), default="thirds", help="crop rule"
     )
@@ -759,7 +762,7 @@ def _args_predict(p: argparse.ArgumentParser) -> None:
 
 
 def _video_options(args: argparse.Namespace) -> VideoOptions:
-    from fsanet.video import VideoOptions as Options
+    from fsanet.faces.video import VideoOptions as Options
 
     return Options(
         detect_every=args.detect_every,
@@ -922,7 +925,7 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
     )
 
     def replicas(text: str) -> Any:
-        from fsanet.cluster.config import Replicas  # no Ray import
+        from fsanet.deploy.cluster.config import Replicas  # no Ray import
 
         try:
             return Replicas.parse(text)

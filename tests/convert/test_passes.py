@@ -152,9 +152,9 @@ def test_fuse_variants_gives_each_output_and_the_mean(run_onnx):
 
 @pytest.fixture(scope="module")
 def converted(shared):
+    from fsanet.assets.fetch import fetch
+    from fsanet.assets.zoo import VARIANTS
     from fsanet.convert import tf_to_onnx
-    from fsanet.fetch import fetch
-    from fsanet.zoo import VARIANTS
 
     return {v.name: tf_to_onnx(fetch(v.file), v, 17, None) for v in VARIANTS.values()}
 

@@ -5,7 +5,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fsanet.convert.precision import fp32_islands, get_precision, quantize_int8, to_fp16
-from fsanet.errors import FsanetError
+from fsanet.core.errors import FsanetError
 
 
 @pytest.mark.parametrize(

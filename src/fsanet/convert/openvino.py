@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from fsanet.errors import BuildError
+from fsanet.core.errors import BuildError
 
 # Only convolutions are quantised: the capsule routing and the stage-wise regression heads
 # are small, range-sensitive and gain nothing from int8.

@@ -17,7 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from fsanet.errors import BuildError
+from fsanet.core.errors import BuildError
 
 Pass = Callable[[onnx.ModelProto], onnx.ModelProto]
 

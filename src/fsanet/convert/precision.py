@@ -25,8 +25,8 @@ import onnx
 import onnxruntime as ort
 
 from fsanet.convert.passes import sort_topologically
-from fsanet.errors import FsanetError
-from fsanet.machine import Machine
+from fsanet.core.errors import FsanetError
+from fsanet.core.machine import Machine
 
 FP16_OPS = frozenset({"Conv", "MatMul", "Gemm"})
 FP16_SAFE_MAX = 4096.0  # well inside fp16's 65504, leaving room for the op's own arithmetic

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import onnx
 
-from fsanet.backends.tensorflow import import_tensorflow, load_graph_def
-from fsanet.errors import BuildError
-from fsanet.zoo import INPUT_SIZE, Variant
+from fsanet.assets.zoo import INPUT_SIZE, Variant
+from fsanet.core.errors import BuildError
+from fsanet.engine.backends.tensorflow import import_tensorflow, load_graph_def
 
 # Names of the converted model's tensors (the TF names carry ":0" and slashes).
 ONNX_INPUT = "input"

@@ -1,0 +1,3 @@
+"""What the engines are made from and scored on: the model registry, verified downloads,
+AFLW2000.
+"""

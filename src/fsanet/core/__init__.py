@@ -1,0 +1,1 @@
+"""The few modules every part uses: errors, files, progress bars, the CPU."""

@@ -1,0 +1,1 @@
+"""Running engines for others: the HTTP service, Ray scale-out, Triton export."""

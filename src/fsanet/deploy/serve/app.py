@@ -1,0 +1,697 @@
+"""The HTTP service: FastAPI routes over one engine, a dynamic batcher and a face detector.
+
+Routes: `POST /v1/pose` (an image -> faces), `POST /v1/pose/crops` (64x64 crops -> angles),
+`GET /healthz`, `GET /readyz`, `GET /metrics`, and the OpenAPI docs (`/docs`). Every error
+is a JSON object `{"error": message, "status": code}`; no input can stop the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ipaddress
+import logging
+import math
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from fsanet.core.errors import FsanetError
+from fsanet.engine.backends.base import available_cpus
+
+try:  # the `serve` extra; without it, one line telling how to install it
+    import python_multipart  # noqa: F401  (Starlette parses multipart bodies with it)
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+except ImportError as e:
+    raise FsanetError(
+        f"fsanet serve needs the '{e.name}' package: pip install 'fsanet[serve]'"
+    ) from None
+
+from fsanet.deploy.serve.auth import BearerAuth
+from fsanet.deploy.serve.batcher import DynamicBatcher, Overloaded
+from fsanet.deploy.serve.budget import MB, MemoryBudget, OverBudget, default_inflight_mb
+from fsanet.deploy.serve.limits import (
+    IMAGE_TYPES,
+    NPY_TYPES,
+    HttpError,
+    Limits,
+    check_crops,
+    checked_image_size,
+    decode_image,
+    media_type,
+    not_positive,
+    parse_crops_json,
+    parse_npy,
+    read_body,
+)
+from fsanet.deploy.serve.metrics import ServeMetrics
+from fsanet.deploy.serve.openapi import (
+    CROPS_ANSWER,
+    HEALTH_ANSWER,
+    IMAGE_ANSWER,
+    READY_ANSWER,
+    body,
+    responses,
+)
+from fsanet.deploy.serve.protocol import PARSER_ERROR, default_max_connections, limited_protocol
+from fsanet.deploy.serve.ratelimit import RateLimit, TokenBuckets
+
+if TYPE_CHECKING:
+    from fsanet.engine.pose import PoseEngine
+    from fsanet.faces.estimator import HeadPoseEstimator
+    from fsanet.faces.vision.detect import Detector
+
+ENDPOINTS = ("/v1/pose", "/v1/pose/crops", "/healthz", "/readyz", "/metrics")
+CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
+REQUEST_ID = "fsanet.request_id"  # scope key; also sent back as the x-request-id header
+CROP_BYTES = 64 * 64 * 3 * 4  # one float32 crop
+log = logging.getLogger("uvicorn.error")  # uvicorn's handler and format
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    limits: Limits = field(default_factory=Limits)
+    graceful_timeout_s: int = 30  # seconds; how long shutdown waits for requests in flight
+    access_log: bool = False
+    # Memory held by requests in flight (bodies, decoded images, crops); past it, requests
+    # wait (at most `max_waiting` of them, at most the request timeout) or get 503.
+    max_inflight_mb: float = field(default_factory=default_inflight_mb)
+    max_waiting: int = 64
+    # Connections: past `max_connections` the oldest idle one is closed; headers must arrive
+    # within `header_timeout_s` and fit in `max_header_bytes` (431); idle keep-alive
+    # connections are closed after `keep_alive_s`.
+    max_connections: int = field(default_factory=default_max_connections)
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    max_header_bytes: int = 64 * 1024
+    api_key: str | None = field(default=None, repr=False)  # bearer token; None: no auth
+    docs: bool = False  # /docs and /redoc (Swagger UI loads its assets from a CDN)
+    # Per client address: `rate_limit` requests per second on average, `rate_burst` at once
+    # (default: one second's worth); past it 429 with Retry-After. None: no limit.
+    rate_limit: float | None = None
+    rate_burst: int | None = None
+    # TLS (HTTPS) through uvicorn: a PEM certificate chain and its private key (the key may
+    # also be in the certificate file).
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = not_positive(  # Limits checks its own fields
+            ("max batch", self.max_batch),
+            ("in-flight memory", self.max_inflight_mb),
+            ("waiting requests", self.max_waiting),
+            ("max connections", self.max_connections),
+            ("header timeout", self.header_timeout_s),
+            ("keep-alive timeout", self.keep_alive_s),
+            ("header size limit", self.max_header_bytes),
+        )
+        if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
+            problems.append(f"max wait must be 0 or more, got {self.max_wait_ms:g} ms")
+        if not (self.graceful_timeout_s >= 0 and math.isfinite(self.graceful_timeout_s)):
+            problems.append(f"graceful timeout must be 0 or more, got {self.graceful_timeout_s:g}")
+        if self.rate_limit is not None and not (
+            self.rate_limit > 0 and math.isfinite(self.rate_limit)
+        ):
+            problems.append(f"rate limit must be positive, got {self.rate_limit:g}")
+        if self.rate_burst is not None and not self.rate_burst >= 1:
+            problems.append(f"rate burst must be 1 or more, got {self.rate_burst:g}")
+        if self.rate_burst is not None and self.rate_limit is None:
+            problems.append("a rate burst needs a rate limit")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            problems.append("a TLS key file needs a certificate file")
+        if self.api_key is not None and not self.api_key:
+            problems.append("the API key is empty")
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port must lie in [0, 65535], got {self.port}")
+        if problems:
+            raise FsanetError("; ".join(problems))
+
+
+class _ClientGone(Exception):
+    pass
+
+
+# What detection gives for one image: the kept detections, their crops, the faces found.
+Detected = tuple[list[Any], np.ndarray, int]
+
+
+class FaceCropper(Protocol):
+    """What detection reads of a HeadPoseEstimator: its detector and crop settings."""
+
+    detector: Detector
+    crop: str
+    margin: float
+    normalize: bool
+
+
+@dataclass(frozen=True)
+class Offload:
+    """The engine and the detector running elsewhere (fsanet.deploy.cluster: Ray replicas) instead
+    of in this process: `infer` turns a batch of checked float32 crops into angles (up to
+    `concurrency` batches of up to `max_batch` crops at once; None: the config's), `detect`
+    turns an image's bytes into `Detected` (None: no face detection). Both raise HttpError
+    for what the client should see."""
+
+    infer: Callable[[np.ndarray], Awaitable[np.ndarray]]
+    detect: Callable[[bytes], Awaitable[Detected]] | None
+    concurrency: int = 1
+    max_batch: int | None = None
+
+
+class PoseService:
+    """The state behind the routes: engine, batcher, detector, metrics.
+
+    With `remote`, the engine and the detector are `remote`'s, and only `engine.name` and
+    `engine.variants` are read."""
+
+    def __init__(
+        self,
+        engine: PoseEngine,
+        config: ServeConfig,
+        estimator: HeadPoseEstimator | None = None,
+        remote: Offload | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.limits = config.limits
+        self.estimator = estimator
+        self.remote = remote
+        self.faces = estimator is not None or (remote is not None and remote.detect is not None)
+        self.in_flight = 0
+        self.draining = False
+        self.batcher = DynamicBatcher(
+            self._infer if remote is None else remote.infer,
+            max_batch=config.max_batch if remote is None else remote.max_batch or config.max_batch,
+            max_wait_ms=config.max_wait_ms,
+            max_queue=config.limits.max_queue,
+            concurrency=1 if remote is None else remote.concurrency,
+        )
+        self.budget = MemoryBudget(
+            int(config.max_inflight_mb * MB),
+            max_waiting=config.max_waiting,
+            wait_s=config.limits.request_timeout_s,
+        )
+        self.metrics = ServeMetrics(
+            lambda: self.batcher.queue_depth,
+            lambda: self.in_flight,
+            lambda: self.budget.used,
+            lambda: self.budget.waiting,
+        )
+        self.batcher.metrics = self.metrics
+        # Detection and decoding are CPU work too: off the event loop, on every core (one
+        # YuNet session serves every thread).
+        self.vision = ThreadPoolExecutor(available_cpus(), thread_name_prefix="fsanet-vision")
+        # JSON crops are parsed by one thread: a parser holds the GIL in stretches, and several
+        # at once would starve the event loop.
+        self.parsing = ThreadPoolExecutor(1, thread_name_prefix="fsanet-json")
+
+    def _infer(self, crops: np.ndarray) -> np.ndarray:
+        return np.asarray(self.engine(crops), np.float64)
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        self.draining = True
+        await self.batcher.stop()
+        self.vision.shutdown(wait=True)
+        self.parsing.shutdown(wait=True)
+
+    async def angles(self, request: Request, crops: np.ndarray) -> np.ndarray:
+        """Run crops through the batcher; 503 on timeout or overload, `_ClientGone` if the
+        client disconnects first (its crops are then dropped from the queue)."""
+        result = asyncio.ensure_future(self.batcher.submit(crops))
+        gone = asyncio.ensure_future(_disconnected(request))
+        done, _ = await asyncio.wait(
+            {result, gone},
+            timeout=self.limits.request_timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        gone.cancel()
+        if result in done:
+            angles = result.result()
+            if not np.isfinite(angles).all():  # the input was checked: the engine's fault
+                rid = request.scope.get(REQUEST_ID, "?")
+                log.error("request %s: the engine returned non-finite angles", rid)
+                raise HttpError(500, f"internal error: non-finite angles (request {rid})")
+            return angles
+        result.cancel()
+        if gone in done:
+            raise _ClientGone
+        raise HttpError(
+            503,
+            f"no result within {self.limits.request_timeout_s:g} s (server overloaded)",
+            {"Retry-After": "1"},
+        )
+
+
+async def _disconnected(request: Request) -> None:
+    # After the body has been read, the next ASGI message is the disconnect (if any).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _body(request: Request, limits: Limits) -> bytes:
+    return await read_body(request.stream(), request.headers.get("content-length"), limits)
+
+
+def _multipart_image(scope: Scope, body: bytes) -> bytes:
+    """The file part of a multipart body (field `image`, or the only file sent). Parsing a
+    16 MB body takes ~50 ms of CPU: run in a worker thread, on a loop of its own, so the
+    server's event loop stays free."""
+    return asyncio.run(_parse_multipart(scope, body))
+
+
+async def _parse_multipart(scope: Scope, body: bytes) -> bytes:
+    async def replay() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(scope, replay).form(max_files=1, max_fields=8)
+    except StarletteHTTPException as e:
+        raise HttpError(400, f"malformed multipart body: {e.detail}") from None
+    except Exception as e:  # the multipart parser has several error types of its own
+        raise HttpError(400, f"malformed multipart body ({type(e).__name__})") from None
+    try:
+        part = form.get("image")
+        if part is None or isinstance(part, str):
+            files = [v for _, v in form.multi_items() if not isinstance(v, str)]
+            part = files[0] if files else None
+        if part is None or isinstance(part, str):
+            raise HttpError(400, "the multipart body holds no file (send it as field 'image')")
+        return await part.read()
+    finally:
+        await form.close()
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status, headers=headers)
+
+
+class _Observe:
+    """Counts every request by endpoint and status, and times it (pure ASGI: cheap)."""
+
+    def __init__(self, app: ASGIApp, service: PoseService) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+        rid = secrets.token_hex(6)
+        scope[REQUEST_ID] = rid
+
+        async def observe_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        self.service.in_flight += 1
+        try:
+            await self.app(scope, receive, observe_send)
+        finally:
+            self.service.in_flight -= 1
+            if scope.get(PARSER_ERROR):  # a malformed body: the client got the parser's 400
+                status = 400
+            path = scope["path"]
+            endpoint = path if path in ENDPOINTS else "other"
+            metrics = self.service.metrics
+            metrics.requests.inc(endpoint=endpoint, status=str(status))
+            metrics.latency.observe(time.perf_counter() - start, endpoint=endpoint)
+
+
+def create_app(
+    engine: PoseEngine,
+    config: ServeConfig,
+    estimator: HeadPoseEstimator | None = None,
+    remote: Offload | None = None,
+) -> FastAPI:
+    """The ASGI app. `estimator` (detector + crop settings) enables `POST /v1/pose`; `remote`
+    runs the engine and the detector elsewhere (see `Offload`)."""
+    service = PoseService(engine, config, estimator, remote)
+    limits = config.limits
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        yield
+        await service.stop()  # uvicorn calls this after requests in flight have finished
+
+    app = FastAPI(
+        title="fsanet",
+        description="FSA-Net head pose over HTTP, with dynamic batching.",
+        lifespan=lifespan,
+        docs_url="/docs" if config.docs else None,
+        redoc_url="/redoc" if config.docs else None,
+    )
+    app.state.service = service
+
+    @app.exception_handler(HttpError)
+    async def _http_error(request: Request, exc: HttpError) -> Response:
+        return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded) -> Response:
+        return _error(503, str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(OverBudget)
+    async def _over_budget(request: Request, exc: OverBudget) -> Response:
+        return _error(exc.status, str(exc), {"Retry-After": "1"} if exc.status == 503 else None)
+
+    @app.exception_handler(_ClientGone)
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: Exception) -> Response:
+        return _error(CLIENT_CLOSED, "the client closed the connection")  # nobody reads it
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> Response:
+        rid = request.scope.get(REQUEST_ID, "?")
+        return _error(500, f"internal error ({type(exc).__name__}, request {rid})")
+
+    @app.post(
+        "/v1/pose/crops",
+        summary="Angles for ready 64x64 BGR crops",
+        responses=responses({"application/json": CROPS_ANSWER}, post=True),
+        openapi_extra=body(
+            "application/x-npy",
+            "application/json",
+            description="N x 64 x 64 x 3 BGR crops, uint8 or float32 0-255: an .npy file "
+            '(application/x-npy) or {"crops": nested lists} (application/json).',
+        ),
+    )
+    async def pose_crops(request: Request) -> Response:
+        kind = media_type(request.headers.get("content-type"))
+        if kind not in (*NPY_TYPES, "application/json"):
+            raise HttpError(415, f"send application/x-npy or application/json, not {kind!r}")
+        body = await _body(request, limits)
+        loop = asyncio.get_running_loop()
+        # What the request will hold: its body and its float32 crops (at most `max_crops`).
+        crops_bytes = limits.max_crops * CROP_BYTES
+        if kind in NPY_TYPES:
+            crops = parse_npy(body)  # a header check and a zero-copy view: cheap
+            cost = len(body) + min(crops.size * 4, crops_bytes)
+            job = functools.partial(check_crops, crops, limits)  # scans every pixel
+            executor = service.vision
+        else:  # each JSON crop takes at least 24 KiB (12288 numbers and their separators)
+            cost = len(body) + min((len(body) // 24576 + 1) * CROP_BYTES, crops_bytes)
+            job = functools.partial(_parse_crops_json, body, limits)
+            executor = service.parsing
+        async with service.budget.reserve(cost):
+            batch = await loop.run_in_executor(executor, job)
+            angles = await service.angles(request, batch)
+        poses = [{"yaw": y, "pitch": p, "roll": r} for y, p, r in angles.tolist()]
+        return JSONResponse({"model": engine.name, "count": len(poses), "poses": poses})
+
+    @app.post(
+        "/v1/pose",
+        summary="Faces and their head pose in one image",
+        responses=responses({"application/json": IMAGE_ANSWER}, post=True),
+        openapi_extra=body(
+            *IMAGE_TYPES,
+            "multipart/form-data",
+            description="A JPEG or PNG image: the raw body, or a multipart field 'image'.",
+        ),
+    )
+    async def pose_image(request: Request) -> Response:
+        if not service.faces:
+            raise HttpError(503, "face detection is not loaded on this server")
+        kind = media_type(request.headers.get("content-type"))
+        if kind not in (*IMAGE_TYPES, "multipart/form-data"):
+            raise HttpError(415, f"send image/jpeg, image/png or multipart/form-data, not {kind!r}")
+        body = await _body(request, limits)
+        loop = asyncio.get_running_loop()
+        data = body
+        if kind == "multipart/form-data":
+            data = await loop.run_in_executor(None, _multipart_image, request.scope, body)
+        # The header walk of a JPEG can take a while for hostile ones: not on the event loop.
+        width, height = await loop.run_in_executor(service.vision, checked_image_size, data, limits)
+        # The decoded image, then the crops: reserved before decoding, the image's part given
+        # back once the faces are cropped. The image counts twice: OpenCV's decoder holds a
+        # second full-size buffer at its peak (+217 MB for a 113 MB 7200x5500 JPEG).
+        image_cost = width * height * 3 * 2
+        crops_cost = limits.max_crops * (CROP_BYTES + CROP_BYTES // 4)
+        async with service.budget.reserve(len(body) + image_cost + crops_cost) as held:
+            if service.remote is not None and service.remote.detect is not None:
+                detections, crops, total = await service.remote.detect(data)
+            else:
+                assert service.estimator is not None
+                detections, crops, total = await loop.run_in_executor(
+                    service.vision, decode_and_detect, data, limits, service.estimator
+                )
+            held.shrink(image_cost)
+            faces = []
+            if detections:
+                # All faces of the image go to the batcher as one submission.
+                angles = await service.angles(request, crops.astype(np.float32))
+                faces = _faces(detections, angles)
+                service.metrics.faces.inc(len(faces))
+        return JSONResponse(
+            {
+                "model": engine.name,
+                "width": width,
+                "height": height,
+                "count": len(faces),
+                # Faces found; more than `count` when only the best `max_crops` were kept.
+                "total": total,
+                "truncated": total > len(faces),
+                "faces": [f.to_dict() for f in faces],
+            }
+        )
+
+    @app.get(
+        "/healthz",
+        summary="Liveness: the process and its batcher run",
+        responses=responses({"application/json": HEALTH_ANSWER}, guarded=False),
+    )
+    async def healthz() -> Response:
+        if not service.batcher.running and not service.draining:
+            return _error(503, "the batcher is not running")
+        return JSONResponse({"status": "ok"})
+
+    @app.get(
+        "/readyz",
+        summary="Readiness: the engine is loaded and requests are accepted",
+        responses=responses({"application/json": READY_ANSWER}, guarded=False),
+    )
+    async def readyz() -> Response:
+        if service.draining or not service.batcher.running:
+            return _error(503, "not ready (starting or shutting down)")
+        return JSONResponse(
+            {
+                "status": "ready",
+                "model": engine.name,
+                "variants": engine.variants,
+                "faces": service.faces,
+                "max_batch": config.max_batch,
+                "max_wait_ms": config.max_wait_ms,
+            }
+        )
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses=responses({"text/plain": {"type": "string"}}),
+    )
+    async def metrics() -> Response:
+        return PlainTextResponse(
+            service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    if config.api_key is not None:
+        app.add_middleware(BearerAuth, api_key=config.api_key)
+    if config.rate_limit is not None:  # outside auth: floods of wrong keys are limited too
+        burst = config.rate_burst or max(1, math.ceil(config.rate_limit))
+        app.add_middleware(
+            RateLimit,
+            buckets=TokenBuckets(config.rate_limit, burst),
+            count=lambda: service.metrics.rejected.inc(reason="rate_limited"),
+        )
+    app.add_middleware(_Observe, service=service)  # outermost: counts 401s too
+    return app
+
+
+def _parse_crops_json(body: bytes, limits: Limits) -> np.ndarray:
+    return check_crops(parse_crops_json(body, limits), limits)
+
+
+def decode_and_detect(data: bytes, limits: Limits, estimator: FaceCropper) -> Detected:
+    """One job: the decoded image never waits in a queue, and is freed when it returns.
+    Returns the kept detections, their crops and how many faces were found."""
+    from fsanet.faces.vision.crop import crop_faces
+
+    image = decode_image(data, limits)
+    # Best score first; keep at most `max_crops` faces so one image cannot flood the engine.
+    found = estimator.detector.detect(image)
+    detections = found[: limits.max_crops]
+    crops = crop_faces(image, detections, estimator.crop, estimator.margin, estimator.normalize)
+    return detections, crops, len(found)
+
+
+def _faces(detections: list[Any], angles: np.ndarray) -> list[Any]:
+    from fsanet.faces.face import faces_from
+
+    return faces_from(detections, angles)
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's handlers (SIGINT/SIGTERM start a graceful shutdown), without re-raising
+        the signal afterwards: that would kill the process before the engine is closed, and a
+        drained shutdown is a normal exit (code 0)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind before starting uvicorn, so a busy port is one clear error (and port 0 works)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise FsanetError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    engine: PoseEngine,
+    config: ServeConfig | None = None,
+    estimator: HeadPoseEstimator | None = None,
+    remote: Offload | None = None,
+) -> None:
+    """Run the service until SIGINT/SIGTERM; shutdown lets requests in flight finish."""
+    config = config or ServeConfig()
+    if remote is None:  # remote replicas warm up their own engines
+        engine.warm_up(config.max_batch)  # before listening: no request waits for it
+    check_tls(config)  # a bad certificate or key: one line now, not a traceback in uvicorn
+    app = create_app(engine, config, estimator, remote)
+    sock = listen(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    scheme = "https" if config.ssl_certfile else "http"
+    print(f"fsanet serve: listening on {scheme}://{shown}:{port}", flush=True)
+    service: PoseService = app.state.service
+    for line in startup_lines(engine.name, config, faces=service.faces, host=host):
+        print(line, file=sys.stderr, flush=True)
+    protocol = limited_protocol(
+        max_header_bytes=config.max_header_bytes,
+        header_timeout_s=config.header_timeout_s,
+        max_connections=config.max_connections,
+        metrics=service.metrics,
+    )
+    server = _Server(
+        uvicorn.Config(
+            app,
+            http=protocol,
+            log_level="warning",
+            access_log=config.access_log,
+            timeout_graceful_shutdown=config.graceful_timeout_s,
+            timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  (a float works)
+            ssl_certfile=config.ssl_certfile,
+            ssl_keyfile=config.ssl_keyfile,
+        )
+    )
+    if config.access_log:  # uvicorn set its access logger to log_level: it logs at INFO
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    server.run(sockets=[sock])
+    print("fsanet serve: stopped", file=sys.stderr, flush=True)
+
+
+def check_tls(config: ServeConfig) -> None:
+    """Load the certificate and key once, as uvicorn will, to refuse bad ones in one line."""
+    if config.ssl_certfile is None:
+        return
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile)
+    except FileNotFoundError as e:
+        raise FsanetError(f"TLS: {e.filename or config.ssl_certfile} does not exist") from None
+    except OSError as e:  # ssl.SSLError is an OSError: a damaged file or a key not matching
+        files = " / ".join(f for f in (config.ssl_certfile, config.ssl_keyfile) if f)
+        reason = getattr(e, "reason", None) or e.strerror or str(e)
+        raise FsanetError(f"TLS: cannot use the certificate and key {files}: {reason}") from None
+
+
+def startup_lines(engine_name: str, config: ServeConfig, *, faces: bool, host: str) -> list[str]:
+    """What `serve` prints to stderr on start: the engine and every limit in force."""
+    lim = config.limits
+    lines = [
+        f"  engine {engine_name}; max batch {config.max_batch}, max wait {config.max_wait_ms:g} ms;"
+        f" faces {'on' if faces else 'off'}",
+        f"  requests: body <= {lim.max_body_bytes / MB:g} MiB, image <= {lim.max_pixels} pixels,"
+        f" <= {lim.max_crops} crops; queue <= {lim.max_queue} crops; in-flight memory <="
+        f" {config.max_inflight_mb:g} MB ({config.max_waiting} may wait)",
+        f"  timeouts: body {lim.body_timeout_s:g} s, request {lim.request_timeout_s:g} s,"
+        f" headers {config.header_timeout_s:g} s, keep-alive {config.keep_alive_s:g} s;"
+        f" headers <= {config.max_header_bytes // 1024} KiB; <= {config.max_connections}"
+        f" connections; auth {'on' if config.api_key is not None else 'off'};"
+        f" docs {'on' if config.docs else 'off'}",
+        f"  clients: rate {_rate(config)}; TLS {'on' if config.ssl_certfile else 'off'}",
+    ]
+    if config.api_key is None and not _is_loopback(host):
+        lines.append(
+            f"fsanet serve: warning: listening on {host} without an API key: anyone who can "
+            "reach it can use this server (set FSANET_API_KEY or an API key file)"
+        )
+    return lines
+
+
+def _rate(config: ServeConfig) -> str:
+    if config.rate_limit is None:
+        return "unlimited"
+    burst = config.rate_burst or max(1, math.ceil(config.rate_limit))
+    return f"<= {config.rate_limit:g} requests/s per address (bursts of {burst})"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -1,0 +1,72 @@
+"""The engines `--precision auto` considers on this machine.
+
+A candidate is a build (backend x precision x graph layout) and a way to run it (how the
+cores are used; for OpenVINO, fixed or dynamic compiled shapes). Builds are expensive and
+checked for accuracy; run settings are cheap to try on the same files. A build this CPU
+cannot run as labelled is listed with the reason, not built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from fsanet.convert.pipeline import BuildOptions
+from fsanet.convert.precision import unsupported
+from fsanet.core.errors import FsanetError
+from fsanet.core.machine import Machine
+from fsanet.engine.backends.base import CORE_MODES, SHAPE_MODES
+
+# (backend, precision, layout). The stacked layout adds FLOPs and pays off only where wide
+# convolutions are much cheaper per FLOP (bf16 on AMX); it is tried on the float builds.
+BUILDS = (
+    ("onnxruntime", "fp32", "plain"),
+    ("onnxruntime", "fp32", "stacked"),
+    ("onnxruntime", "fp16", "plain"),
+    ("onnxruntime", "int8", "plain"),
+    ("openvino", "fp32", "plain"),
+    ("openvino", "fp32", "stacked"),
+    ("openvino", "bf16", "plain"),
+    ("openvino", "bf16", "stacked"),
+    ("openvino", "int8", "plain"),
+)
+
+
+@dataclass(frozen=True)
+class Build:
+    """One engine build: the options, or why it is not made on this machine."""
+
+    options: BuildOptions
+    skipped: str | None = None  # the reason, where this CPU cannot run it as labelled
+
+
+def builds(base: BuildOptions, machine: Machine) -> list[Build]:
+    """Every build to try, from the user's `auto` options (variants, batch mode,
+    calibration) with each backend, precision and layout filled in."""
+    out = []
+    for backend, precision, layout in BUILDS:
+        if not base.optimize and layout != "plain":
+            continue  # the layout passes run on the optimised graph only
+        options = dataclasses.replace(
+            base, backend=backend, precision=precision, layout=layout, cores="split",
+            shapes="fixed",
+        )  # fmt: skip
+        try:
+            reason = unsupported(precision, backend, machine)
+        except FsanetError as e:  # the backend is not installed
+            reason = str(e)
+        out.append(Build(options, reason))
+    return out
+
+
+def run_settings(backend: str, threads: int) -> list[dict[str, str]]:
+    """The runner settings to time for one build (see fsanet.engine.backends.base.Runner)."""
+    cores = CORE_MODES if threads > 1 else ("split",)
+    if backend != "openvino":
+        return [{"cores": c} for c in cores]
+    return [{"cores": c, "shapes": s} for c in cores for s in SHAPE_MODES]
+
+
+def describe(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in settings.items())

@@ -1,5 +1,0 @@
-"""Engines that fit the machine: `--precision auto` measures the candidates here."""
-
-from fsanet.tune.tuner import Candidate, TuningReport, tune
-
-__all__ = ["Candidate", "TuningReport", "tune"]

@@ -1,0 +1,136 @@
+"""Access options of `fsanet serve`: HTTPS with uvicorn's certificate options, and the
+per-client request-rate limit (token buckets, 429 with Retry-After, counted in /metrics)."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from fsanet.core.errors import FsanetError
+from fsanet.deploy.serve.app import ServeConfig, check_tls
+from fsanet.deploy.serve.ratelimit import TokenBuckets
+
+NPY = {"content-type": "application/x-npy"}
+GOOD = np.full((1, 64, 64, 3), 100, np.uint8)
+LIMITED = 'fsanet_rejected_total{reason="rate_limited"}'
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (openssl; EC keys are quick)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_https_and_the_rate_limit_from_the_command_line(make_server, certificate):
+    cert, key = certificate
+    srv = make_server(
+        "--no-faces", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+        "--rate-limit", "1", "--rate-burst", "3",
+        verify=ssl.create_default_context(cafile=str(cert)),
+    )  # fmt: skip
+    assert srv.url.startswith("https://")
+    with srv.client() as client:
+        statuses = [
+            client.post("/v1/pose/crops", content=srv.npy(GOOD), headers=NPY).status_code
+            for _ in range(5)
+        ]
+        refused = client.post("/v1/pose/crops", content=srv.npy(GOOD), headers=NPY)
+        probes = {client.get("/healthz").status_code for _ in range(5)}  # never limited
+        assert statuses[:3] == [200, 200, 200] and statuses[3:] == [429, 429]
+        assert refused.json() == {"error": "too many requests from this client", "status": 429}
+        assert refused.headers["retry-after"] == "1" and probes == {200}
+        time.sleep(1.1)  # /metrics is behind the limit too: wait for a token
+        metrics = client.get("/metrics").text.splitlines()
+    assert f"{LIMITED} 3" in metrics
+    assert 'fsanet_requests_total{endpoint="/v1/pose/crops",status="429"} 3' in metrics
+    # Only HTTPS is spoken, and a client that does not trust the certificate is refused.
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{srv.port}/healthz", timeout=5)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{srv.url}/healthz", timeout=5)
+    code, log = srv.stop()
+    assert code == 0
+    assert "TLS on" in log and "<= 1 requests/s per address (bursts of 3)" in log
+
+
+def test_the_rate_limit_refills_and_is_per_address(config_server):
+    srv = config_server(rate_limit=5.0)  # bursts of 5 by default
+    with srv.client() as client:
+        first = [client.get("/metrics").status_code for _ in range(8)]
+        time.sleep(0.45)  # two tokens back at 5/s
+        later = [client.get("/metrics").status_code for _ in range(3)]
+    assert first.count(200) == 5 and first[5:] == [429] * 3
+    assert later == [200, 200, 429]
+    # Another address has its own bucket (127.0.0.2 is loopback too, on Linux).
+    with httpx.Client(base_url=srv.url, timeout=10, transport=_from("127.0.0.2")) as other:
+        assert other.get("/metrics").status_code == 200
+
+
+def _from(address: str) -> httpx.HTTPTransport:
+    return httpx.HTTPTransport(local_address=address)
+
+
+def test_token_buckets_burst_refill_and_stay_bounded():
+    now = [0.0]
+    buckets = TokenBuckets(2.0, 3, max_clients=100, clock=lambda: now[0])
+    assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a") == pytest.approx(0.5)  # one token every 0.5 s
+    assert buckets.take("b") == 0.0  # per client
+    now[0] = 0.5
+    assert buckets.take("a") == 0.0 and buckets.take("a") > 0
+    now[0] = 100.0
+    assert [buckets.take("a") for _ in range(4)][-1] > 0  # refilled to the burst, no more
+    for i in range(1000):  # a flood of addresses: the table stays bounded
+        now[0] += 0.001
+        buckets.take(f"10.0.{i // 256}.{i % 256}")
+    assert len(buckets) <= 100
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"rate_limit": float("nan")}, "rate limit"),
+        ({"rate_limit": 0.0}, "rate limit"),
+        ({"rate_burst": 4}, "needs a rate limit"),
+        ({"rate_limit": 1.0, "rate_burst": 0}, "rate burst"),
+        ({"ssl_keyfile": "key.pem"}, "needs a certificate"),
+    ],
+)
+def test_access_options_are_checked(options, message):
+    with pytest.raises(FsanetError, match=message):
+        ServeConfig(**options)
+
+
+def test_bad_certificates_are_one_line_errors(certificate, tmp_path, run_cli, fusion_artifact):
+    cert, key = certificate
+    check_tls(ServeConfig(ssl_certfile=str(cert), ssl_keyfile=str(key)))  # a good pair
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(FsanetError, match="does not exist"):
+        check_tls(ServeConfig(ssl_certfile=str(tmp_path / "missing.pem")))
+    with pytest.raises(FsanetError, match="cannot use the certificate"):
+        check_tls(ServeConfig(ssl_certfile=str(cert)))  # no key in the certificate file
+    result = run_cli(
+        "serve", "--engine", str(fusion_artifact.path), "--port", "0",
+        "--ssl-certfile", str(garbage), "--ssl-keyfile", str(key), timeout=60,
+    )  # fmt: skip
+    lines = [x for x in result.stderr.splitlines() if not x.startswith("IMPORTED=")]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "TLS: cannot use the certificate and key" in lines[0] and str(garbage) in lines[0]

@@ -1,0 +1,87 @@
+"""The memory budget without a server: waits in order, bounded queue and wait, 413 for giants."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fsanet.deploy.serve.budget import MemoryBudget, OverBudget, default_inflight_mb
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_requests_within_budget_pass_and_release():
+    async def main() -> None:
+        budget = MemoryBudget(100)
+        async with budget.reserve(60) as held:
+            assert budget.used == 60
+            held.shrink(50)
+            assert budget.used == 10
+            async with budget.reserve(90):
+                assert budget.used == 100
+        assert budget.used == 0
+
+    run(main())
+
+
+def test_over_budget_waits_in_arrival_order_until_memory_is_freed():
+    async def main() -> None:
+        budget = MemoryBudget(100, wait_s=5)
+        order: list[str] = []
+        await budget.acquire(80)
+
+        async def request(name: str, size: int) -> None:
+            async with budget.reserve(size):
+                order.append(name)
+                await asyncio.sleep(0.01)
+
+        tasks = [asyncio.ensure_future(request(n, s)) for n, s in (("a", 50), ("b", 10))]
+        await asyncio.sleep(0.05)
+        assert order == [] and budget.waiting == 2  # b fits, but waits behind a: no starvation
+        budget.release(80)
+        await asyncio.gather(*tasks)
+        assert order == ["a", "b"] and budget.used == 0
+
+    run(main())
+
+
+def test_full_queue_and_long_wait_are_503_and_giants_413():
+    async def main() -> None:
+        budget = MemoryBudget(100, max_waiting=1, wait_s=0.2)
+        await budget.acquire(100)
+        waiter = asyncio.ensure_future(budget.acquire(10))
+        await asyncio.sleep(0.01)
+        with pytest.raises(OverBudget, match="waiting") as e:
+            await budget.acquire(10)
+        assert e.value.status == 503
+        with pytest.raises(OverBudget, match="no memory free") as e:
+            await waiter
+        assert e.value.status == 503 and budget.waiting == 0
+        with pytest.raises(OverBudget, match="more than") as e:
+            await budget.acquire(101)
+        assert e.value.status == 413
+        budget.release(100)
+        assert budget.used == 0
+
+    run(main())
+
+
+def test_a_cancelled_waiter_lets_the_next_one_in():
+    async def main() -> None:
+        budget = MemoryBudget(100, wait_s=5)
+        await budget.acquire(60)
+        big = asyncio.ensure_future(budget.acquire(50))
+        small = asyncio.ensure_future(budget.acquire(30))
+        await asyncio.sleep(0.01)
+        big.cancel()  # the client went away
+        await asyncio.sleep(0.01)
+        assert small.done() and budget.used == 90
+
+    run(main())
+
+
+def test_default_budget_is_bounded():
+    assert 64 <= default_inflight_mb() <= 1024
