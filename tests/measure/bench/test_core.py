@@ -16,6 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import fsanet
 from fsanet.cli import main
 from fsanet.core.errors import FsanetError
 from fsanet.core.machine import this_machine
@@ -368,7 +369,7 @@ def test_baseline_tensorflow(fusion_artifact, capsys, monkeypatch):
 
 def test_tensorflow_baseline_keeps_its_fastest_thread_setting(fusion_artifact, monkeypatch):
     monkeypatch.setattr(core, "TRIAL_SECONDS", 0.02)
-    report = benchmark(
+    report = fsanet.benchmark(
         [str(fusion_artifact.path)], [1, 4], iterations=2, warmup=1, rounds=1, threads=2,
         baseline="tensorflow", peak=False, dataset="random",
     )  # fmt: skip
@@ -461,7 +462,7 @@ def test_openvino_engines_get_the_flops_recorded_at_build(fusion_artifact):
     from fsanet.convert.pipeline import BuildOptions, build
 
     openvino = build(BuildOptions.create(backend="openvino"))
-    report = benchmark(
+    report = fsanet.benchmark(
         [str(fusion_artifact.path), str(openvino.path)],
         [1],
         iterations=2,

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from fsanet.convert.pipeline import BuildOptions, build
+from fsanet.api import build
+from fsanet.convert.pipeline import BuildOptions
 from fsanet.convert.precision import PRECISIONS, unsupported
 from fsanet.core.machine import this_machine
 from fsanet.measure.tune import Candidate, TuningReport
