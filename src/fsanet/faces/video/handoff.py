@@ -65,18 +65,16 @@ class Bounded(Generic[T]):
         self.dropped = 0  # never: every item is kept
 
     def put(self, item: T, stop: threading.Event | None = None) -> None:
-        while True:
-            try:
-                self._queue.put((True, item), timeout=_POLL)
-                return
-            except queue.Full:
-                if stop is not None and stop.is_set():
-                    return
+        self._put((True, item), stop)
 
     def close(self, stop: threading.Event | None = None) -> None:
+        self._put((False, None), stop)
+
+    def _put(self, entry: tuple[bool, T | None], stop: threading.Event | None) -> None:
+        """Wait for room, giving up once `stop` is set (the consumer has gone)."""
         while True:
             try:
-                self._queue.put((False, None), timeout=_POLL)
+                self._queue.put(entry, timeout=_POLL)
                 return
             except queue.Full:
                 if stop is not None and stop.is_set():
