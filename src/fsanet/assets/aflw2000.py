@@ -20,13 +20,13 @@ import numpy as np
 import scipy.io
 
 from fsanet.assets.fetch import fetch
+from fsanet.assets.type1 import crop_box
 from fsanet.assets.zoo import AFLW2000_ZIP, INPUT_SIZE
 from fsanet.core import progress
 from fsanet.core.errors import DatasetError, FsanetError
 from fsanet.core.files import atomic_path, ensure_dir, home_dir, remove_stale_temps
 
 EVAL_ANGLE_LIMIT = 99.0  # FSA-Net evaluates the images whose three angles lie in [-99, 99]
-CROP_MARGIN = 0.6
 _MAT_NAME = re.compile(r"(^|/)image\d+\.mat$")
 
 
@@ -54,14 +54,9 @@ def landmark_crop_box(pt2d: np.ndarray, width: int, height: int) -> tuple[int, i
     keep_x, keep_y = xs > 0.0, ys > 0.0
     keep = keep_y if keep_x.sum() > keep_y.sum() else keep_x
     xs, ys = xs[keep], ys[keep]
-    x_min, x_max, y_min, y_max = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
-    w, h = x_max - x_min, y_max - y_min
-    return (
-        max(int(x_min - CROP_MARGIN * w), 0),
-        max(int(y_min - CROP_MARGIN * h), 0),
-        min(int(x_max + CROP_MARGIN * w), width - 1),
-        min(int(y_max + CROP_MARGIN * h), height - 1),
-    )
+    # Whole-pixel corners before widening, as FSA-Net's script.
+    box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+    return crop_box(box, width, height)
 
 
 def pose_from_mat(mat: dict, name: str) -> np.ndarray:

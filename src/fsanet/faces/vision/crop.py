@@ -20,13 +20,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from fsanet.assets.type1 import MARGIN, Box, crop_box
 from fsanet.assets.zoo import INPUT_SIZE
 from fsanet.core.errors import FsanetError
 from fsanet.faces.vision.detect import Detection
 
 CROP_RULES = ("thirds", "landmarks", "demo")
 DEFAULT_RULE = "thirds"
-MARGIN = 0.6  # FSA-Net's type1 recipe and its demos both widen by 0.6 on each side
 
 # Average adult face in millimetres, x to the image right, y down, origin between the
 # pupils (interpupillary ~62, pupil to nose tip ~42, mouth width ~50, pupil to mouth
@@ -34,8 +34,6 @@ MARGIN = 0.6  # FSA-Net's type1 recipe and its demos both widen by 0.6 on each s
 # Order as YuNet's landmarks: the subject's right eye (image left) first.
 _TEMPLATE = np.array([[-31.0, 0.0], [31.0, 0.0], [0.0, 42.0], [-25.0, 68.0], [25.0, 68.0]])
 _TEMPLATE_BOX = np.array([[-68.0, -20.0], [68.0, -20.0], [68.0, 112.0], [-68.0, 112.0]])
-
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1
 
 
 def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,20 +62,6 @@ def landmark_box(detection: Detection, rule: str = DEFAULT_RULE) -> Box:
         (x0, y0), (x1, y1) = corners.min(0), corners.max(0)
         return (float(x0), float(y0), float(x1), float(y1))
     raise FsanetError(f"unknown crop rule '{rule}': choose one of {', '.join(CROP_RULES)}")
-
-
-def crop_box(
-    box: Box, width: int, height: int, margin: float = MARGIN
-) -> tuple[int, int, int, int]:
-    """Widen `box` by `margin` of its size on each side and clip, rounding as FSA-Net does."""
-    x0, y0, x1, y1 = box
-    w, h = x1 - x0, y1 - y0
-    return (
-        max(int(x0 - margin * w), 0),
-        max(int(y0 - margin * h), 0),
-        min(int(x1 + margin * w), width - 1),
-        min(int(y1 + margin * h), height - 1),
-    )
 
 
 def crop_faces(
