@@ -74,14 +74,7 @@ def plot_report(report: BenchReport, path: str | Path) -> Path:
             patch.set_facecolor(color)
             patch.set_alpha(0.6)
         right.plot([], [], color=color, linewidth=6, alpha=0.6, label=label)
-    left.set_xscale("log", base=2)
-    left.set_xticks(batches, [str(b) for b in batches])
-    left.set_xlabel("batch size")
-    left.set_ylabel("images / s")
-    left.set_ylim(bottom=0)
-    left.set_title("throughput (bars: min-max over rounds)")
-    left.grid(alpha=0.3)
-    left.legend(fontsize=8)
+    _batch_axis(left, batches, "images / s", "throughput (bars: min-max over rounds)", 8)
     right.set_xticks(range(len(batches)), [str(b) for b in batches])
     right.set_yscale("log")
     right.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # labels in any range
@@ -120,11 +113,17 @@ def _plot_ratios(report: BenchReport, ax: Any, labels: list[str], batches: list[
             label=f"{label} / {reference}",
         )  # fmt: skip
     ax.axhline(1.0, color="grey", linewidth=1)
+    title = "throughput / reference's (bars: min-max over rounds)"
+    _batch_axis(ax, batches, "throughput ratio", title, 7)
+
+
+def _batch_axis(ax: Any, batches: list[int], ylabel: str, title: str, legend_size: int) -> None:
+    """Batch sizes on a log2 axis, the y axis from 0: the throughput and ratio panels."""
     ax.set_xscale("log", base=2)
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.set_xlabel("batch size")
-    ax.set_ylabel("throughput ratio")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
-    ax.set_title("throughput / reference's (bars: min-max over rounds)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=legend_size)
