@@ -32,6 +32,7 @@ from fsanet.backends.base import available_cpus
 from fsanet.cluster.batch_worker import NOTES, WorkerOptions
 from fsanet.cluster.batch_write import FORMATS, records_writer
 from fsanet.errors import FsanetError
+from fsanet.files import refuse_overwrites
 from fsanet.predict import PredictSummary
 
 if TYPE_CHECKING:
@@ -101,6 +102,8 @@ def predict_on_ray(
     from fsanet.cluster.batch_sources import list_units
 
     listing = list_units(paths)  # a bad path fails before a cluster starts
+    if listing.local and jsonl is not None and str(jsonl) != "-":
+        refuse_overwrites((u.path for u in listing.units), [jsonl])
     import ray
 
     from fsanet.cluster.local import connected
