@@ -8,9 +8,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import resource
 import signal
 import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -166,10 +166,14 @@ def test_a_full_disk_is_one_line_and_what_was_written_stays_whole(
         assert cv2.imread(str(path)).shape == (450, 450, 3)
 
 
-def _limited(limit: int) -> Callable[[], None]:
-    # Files over `limit` bytes fail with EFBIG (Python ignores SIGXFSZ): a real OS error
-    # while writing, as a full disk gives, without filling one.
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+# Runs a command with files limited to argv[1] bytes: past it, writes fail with EFBIG (Python
+# ignores SIGXFSZ), a real OS error while writing, as a full disk gives, without filling one.
+# (Set in the child, not with preexec_fn: this process has the engine's threads.)
+LIMITED = (
+    "import os, resource, sys\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 @pytest.mark.parametrize("what", ["annotated image", "jsonl", "annotated video"])
@@ -207,11 +211,10 @@ def test_a_file_size_limit_while_writing_is_one_line_and_leaves_nothing_half_wri
         ),
     }[what]
     result = subprocess.run(
-        [*cli_command, "predict", "-q", *argv],
+        [sys.executable, "-c", LIMITED, str(limit), *cli_command, "predict", "-q", *argv],
         capture_output=True,
         text=True,
         timeout=300,
-        preexec_fn=_limited(limit),
     )
     assert _error_line(result).startswith(f"fsanet: error: {expected}")
     assert jsonl.read_text() == "an earlier run's records\n"  # the old file is kept whole
