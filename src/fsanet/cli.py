@@ -210,12 +210,13 @@ def _eval_end_to_end(args: argparse.Namespace) -> None:
     _emit(args, report.to_dict(), str(report))
 
 
-def _check_outputs(output: str | None, jsonl: str | None) -> None:
-    """Fail on an output path that cannot be written now, before loading (or building) the
-    engine and reading the inputs."""
+def _check_outputs(paths: list[str], output: str | None, jsonl: str | None, ray: bool) -> None:
+    """Fail on an output path that cannot be written now, or that would replace an input,
+    before loading (or building) the engine and reading the inputs."""
     from pathlib import Path
 
     from fsanet.core.files import ensure_dir
+    from fsanet.faces.predict import check_outputs
 
     if output is not None:
         ensure_dir(Path(output))
@@ -225,6 +226,11 @@ def _check_outputs(output: str | None, jsonl: str | None) -> None:
             raise FsanetError(f"cannot write {path}: it is a folder; give a file name")
         if not path.exists():
             ensure_dir(path.parent, path)
+    if ray:  # URIs are not this machine's files: predict_on_ray checks file:// ones
+        from fsanet.deploy.cluster.batch_sources import is_uri
+
+        paths = [p for p in paths if not is_uri(p)]
+    check_outputs(paths, output, [jsonl] if jsonl is not None else [])
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -247,7 +253,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if args.format == "parquet" and jsonl == "-":
             raise FsanetError("--format parquet writes a file: give --jsonl FILE.parquet")
         check_ray()  # before the engine: without Ray, one line at once
-    _check_outputs(args.output, jsonl)
+    _check_outputs(args.paths, args.output, jsonl, args.ray)
     video = _video_options(args)
     smooth = OneEuro(args.smooth_min_cutoff, args.smooth_beta) if args.smooth else None
     engine = load(

@@ -14,9 +14,12 @@ import contextlib
 import io
 import json
 import os
+import re
+import shutil
+import stat
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -26,7 +29,14 @@ import numpy as np
 
 from fsanet.core import progress
 from fsanet.core.errors import FsanetError
-from fsanet.core.files import atomic_path, writing
+from fsanet.core.files import (
+    atomic_path,
+    name_fits,
+    refuse_overwrites,
+    remove_stale_outputs,
+    temp_folder,
+    writing,
+)
 from fsanet.faces.estimator import HeadPoseEstimator, annotate
 from fsanet.faces.face import Face, Faces
 from fsanet.faces.tracking import OneEuro
@@ -62,10 +72,12 @@ class Source:
     name: str
 
 
-def collect_sources(paths: list[str]) -> list[Source]:
-    """Expand files, folders (recursive, common image and video formats) and camera indices.
+def collect_sources(paths: list[str], *, quiet: bool = False) -> list[Source]:
+    """Expand files, folders (recursive, common image and video formats) and cameras (an
+    index, or a /dev/videoN device); `quiet`: no warning for a folder without any.
 
-    A path that does not exist is an error for the whole run: it is almost always a typo.
+    A path that does not exist is an error for the whole run: it is almost always a typo;
+    so is a FIFO or a device that is no camera (reading it could wait forever, or never end).
     """
     sources: list[Source] = []
     for text in paths:
@@ -79,16 +91,50 @@ def collect_sources(paths: list[str]) -> list[Source]:
                 for p in path.rglob("*")
                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
             )
-            if not found:
+            if not found and not quiet:
                 print(f"fsanet: warning: {path} holds no images or videos", file=sys.stderr)
             sources += [_file_source(p, p.relative_to(path).as_posix()) for p in found]
-        elif path.exists():
+        elif path.is_file():
             sources.append(_file_source(path, path.name))
+        elif (index := camera_index(text)) is not None:
+            sources.append(Source("camera", text, f"camera{index}"))
+        elif path.exists():
+            raise FsanetError(
+                f"{text} is {_special_kind(path)}, not a file: give image or video files, "
+                "folders, or a camera index"
+            )
         else:
             raise FsanetError(
                 f"{text} does not exist: give image or video files, folders, or a camera index"
             )
     return _unique_names(sources)
+
+
+def camera_index(location: str) -> int | None:
+    """The camera a location names: an index ('0'), or a /dev/videoN device (or a link to
+    one, as /dev/v4l/by-id/... are); None for anything else."""
+    if location.isdigit() and not os.path.exists(location):
+        return int(location)
+    match = re.fullmatch(r"/dev/video(\d+)", os.path.realpath(location))
+    if match is None:
+        return None
+    try:
+        return int(match[1]) if stat.S_ISCHR(os.stat(location).st_mode) else None
+    except OSError:
+        return None
+
+
+def _special_kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def _unique_names(sources: list[Source]) -> list[Source]:
@@ -114,6 +160,31 @@ def _output_key(kind: str, name: str) -> str:
     return path.as_posix()
 
 
+def output_path(source: Source, out_dir: Path) -> Path:
+    """Where `source`'s annotated copy goes: its name under `out_dir`; a video or camera as
+    .mp4, an image in a format OpenCV does not write as .png."""
+    target = out_dir / source.name
+    if source.kind != "image":
+        return target.with_suffix(".mp4")
+    return target if target.suffix.lower() in IMAGE_SUFFIXES else target.with_suffix(".png")
+
+
+def check_outputs(
+    paths: list[str], output_dir: str | Path | None = None, files: Iterable[str | Path] = ()
+) -> None:
+    """Refuse (FsanetError) a run over `paths` whose outputs would replace one of its inputs:
+    an annotated copy under `output_dir`, or one of `files` (the JSON Lines or Parquet file;
+    '-' is stdout), that is an input or another name of one. Nothing is read or written; a
+    path that does not exist, or a FIFO, is refused as `collect_sources` refuses it."""
+    sources = collect_sources(paths, quiet=True)
+    annotated = [] if output_dir is None else [output_path(s, Path(output_dir)) for s in sources]
+    _refuse_overwrites(sources, [*annotated, *(Path(f) for f in files if str(f) != "-")])
+
+
+def _refuse_overwrites(sources: list[Source], outputs: list[Path]) -> None:
+    refuse_overwrites((s.location for s in sources if s.kind != "camera"), outputs)
+
+
 def _file_source(path: Path, name: str) -> Source:
     kind = "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
     return Source(kind, str(path), name)
@@ -135,6 +206,7 @@ class PredictSummary:
     outputs: list[str] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)  # "source: kept N of M faces"
     incomplete: list[str] = field(default_factory=list)  # "video: ended at frame N of M"
+    skipped: list[str] = field(default_factory=list)  # "source: why no output can be made"
 
     def outputs_paths(self) -> list[Path]:
         return [Path(p) for p in self.outputs]
@@ -155,16 +227,20 @@ class PredictSummary:
             "outputs": self.outputs,
             "truncated": self.truncated,
             "incomplete": self.incomplete,
+            "skipped": self.skipped,
         }
 
     def __str__(self) -> str:
         text = (
-            f"{self.sources - len(self.failed)}/{self.sources} sources: {self.images} images, "
+            f"{self.sources - len(self.failed) - len(self.skipped)}/{self.sources} sources: "
+            f"{self.images} images, "
             f"{self.frames} video frames, {self.faces} faces in {self.seconds:.1f} s "
             f"({self.fps:.1f} frames/s)"
         )
         if self.failed:
             text += f"; {len(self.failed)} could not be read"
+        if self.skipped:
+            text += f"; {len(self.skipped)} skipped (no output name could be made)"
         if self.truncated:
             text += f"; {len(self.truncated)} with more faces than --max-faces (best kept)"
         if self.incomplete:
@@ -199,7 +275,7 @@ def _write_image(path: Path, image: np.ndarray) -> None:
     ok, data = cv2.imencode(path.suffix or ".png", image)
     if not ok:
         raise FsanetError(f"cannot encode {path}: OpenCV has no writer for '{path.suffix}'")
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, writing(path):
         tmp.write_bytes(data.tobytes())
 
 
@@ -214,16 +290,34 @@ def jsonl_writer(path: str | Path | None) -> Iterator[IO[str] | None]:
         raise FsanetError(f"cannot write {path}: it is a folder; give a file name")
     elif Path(path).exists() and not Path(path).is_file():
         # A device or pipe (/dev/null, a FIFO): write to it, never rename over it.
-        with writing(path):
-            out = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed just below)
-        with out:
+        with _Output(path, path) as out:
             yield out
     else:
-        with atomic_path(Path(path)) as tmp:
-            with writing(path):
-                out = open(tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed just below)
-            with out:
-                yield out
+        remove_stale_outputs(Path(path).absolute().parent)  # what a killed run left
+        with atomic_path(Path(path)) as tmp, _Output(tmp, path) as out:
+            yield out
+
+
+class _Output(io.TextIOWrapper):
+    """A text file opened for writing whose OS errors (disk full, I/O error, over the file
+    size limit) are one line naming `name`, the path the user gave."""
+
+    def __init__(self, file: str | Path, name: str | Path) -> None:
+        self.name_given = name
+        with writing(name):
+            super().__init__(open(file, "wb"), encoding="utf-8")  # noqa: SIM115 (closed by close)
+
+    def write(self, text: str) -> int:
+        with writing(self.name_given):
+            return super().write(text)
+
+    def flush(self) -> None:
+        with writing(self.name_given):
+            super().flush()
+
+    def close(self) -> None:
+        with writing(self.name_given):
+            super().close()
 
 
 class Refused(Exception):
@@ -289,6 +383,11 @@ def predict(
         raise FsanetError(f"no images or videos in {', '.join(paths)}")
     summary = PredictSummary(sources=len(sources))
     out_dir = Path(output_dir) if output_dir is not None else None
+    if out_dir is not None:
+        sources = _with_output_names(sources, out_dir, summary)
+        _refuse_overwrites(sources, [output_path(s, out_dir) for s in sources])
+        for folder in {output_path(s, out_dir).parent for s in sources}:
+            remove_stale_outputs(folder)  # what a killed run left
     start = time.perf_counter()
     images = [s for s in sources if s.kind == "image"]
     with progress.bar(total=len(images), desc="images", unit="img") as bar:
@@ -303,9 +402,7 @@ def predict(
             faces = estimator(image)
             _emit(jsonl, image_records(source, faces, summary, rotation))
             if out_dir is not None:
-                target = out_dir / source.name
-                if target.suffix.lower() not in IMAGE_SUFFIXES:
-                    target = target.with_suffix(".png")
+                target = output_path(source, out_dir)
                 _write_image(target, annotate(image, faces))
                 summary.outputs.append(str(target))
             bar.set_postfix(fps=f"{summary.images / (time.perf_counter() - start):.1f}")
@@ -323,9 +420,30 @@ def predict(
             on_frame,
         )
     summary.seconds = time.perf_counter() - start
-    if len(summary.failed) == len(sources):
-        raise FsanetError(f"no input could be read ({len(sources)} tried)")
+    if len(summary.failed) + len(summary.skipped) == summary.sources:
+        if summary.skipped:
+            raise FsanetError(
+                f"no input could be predicted ({summary.sources} tried: "
+                f"{len(summary.skipped)} skipped, {len(summary.failed)} unreadable)"
+            )
+        raise FsanetError(f"no input could be read ({summary.sources} tried)")
     return summary
+
+
+def _with_output_names(
+    sources: list[Source], out_dir: Path, summary: PredictSummary
+) -> list[Source]:
+    """The sources whose annotated copy can be named under `out_dir`; the others (a name
+    too long for the file system) are skipped and said, as unreadable inputs are."""
+    kept = []
+    for source in sources:
+        if name_fits(output_path(source, out_dir)):
+            kept.append(source)
+            continue
+        reason = "its output name is too long for the file system"
+        summary.skipped.append(f"{source.location}: {reason}")
+        print(f"fsanet: warning: skipping {source.location}: {reason}", file=sys.stderr)
+    return kept
 
 
 def image_records(
@@ -407,7 +525,7 @@ def _run_video(
         total = min(total, max_frames) if total > 0 else max_frames
     target = None
     if out_dir is not None:
-        target = (out_dir / source.name).with_suffix(".mp4")
+        target = output_path(source, out_dir)
         if not camera and Path(source.name).suffix.lower() != ".mp4":
             print(f"fsanet: note: {source.location} is written as {target} (mp4v)", file=sys.stderr)
     frames_before = summary.frames
@@ -482,7 +600,7 @@ def _open_video(source: Source, *, single_thread: bool) -> cv2.VideoCapture:
     other stages want (talking-head.mp4, every 3rd frame at 256 px: 5.4 instead of 6.2 ms
     of CPU a frame, 330 instead of 277 frames/s; docs/VIDEO.md)."""
     if source.kind == "camera":
-        return cv2.VideoCapture(int(source.location))
+        return cv2.VideoCapture(camera_index(source.location))
     if single_thread:
         capture = cv2.VideoCapture(source.location, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
         if capture.isOpened():
@@ -491,19 +609,22 @@ def _open_video(source: Source, *, single_thread: bool) -> cv2.VideoCapture:
 
 
 class _VideoOut:
-    """An annotated video written beside its final name and renamed into place when done."""
+    """An annotated video written in a temporary folder beside its final name (named as
+    `atomic_path` names them, so a killed run's is removed by the next) and renamed into
+    place when done and complete."""
 
     def __init__(self, target: Path | None, fps: float, keep_on_interrupt: bool) -> None:
         self.target, self.fps, self.keep_on_interrupt = target, fps, keep_on_interrupt
         self._writer: cv2.VideoWriter | None = None
+        self._folder: Path | None = None
         self._tmp: Path | None = None
+        self._frames = 0
 
     def __enter__(self) -> _VideoOut:
         if self.target is not None:
-            self._tmp = self.target.with_name(f".{self.target.name}.{os.getpid()}.tmp.mp4")
-            with writing(self.target):  # OpenCV's writer would only say it did not open
-                self.target.parent.mkdir(parents=True, exist_ok=True)
-                self._tmp.touch()
+            # Made now: OpenCV's writer would only say it did not open.
+            self._folder = temp_folder(self.target)
+            self._tmp = self._folder / self.target.name
         return self
 
     @property
@@ -521,19 +642,35 @@ class _VideoOut:
             if not self._writer.isOpened():
                 raise FsanetError(f"cannot write {self.target}: OpenCV has no mp4v encoder")
         self._writer.write(frame)
+        self._frames += 1
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if self._writer is not None:
-            self._writer.release()
-        if self._tmp is None or not self._tmp.exists():
-            return
-        keep = exc_type is None or (
-            isinstance(exc_type, type)
-            and issubclass(exc_type, KeyboardInterrupt)
-            and self.keep_on_interrupt
-        )
-        if keep and self._writer is not None:
-            with writing(self.target):  # type: ignore[arg-type]
-                os.replace(self._tmp, self.target)  # type: ignore[arg-type]
-        else:
-            self._tmp.unlink()
+        try:
+            if self._writer is not None:
+                self._writer.release()
+            keep = exc_type is None or (
+                isinstance(exc_type, type)
+                and issubclass(exc_type, KeyboardInterrupt)
+                and self.keep_on_interrupt
+            )
+            if keep and self._writer is not None and self.target is not None:
+                self._check_complete()
+                with writing(self.target):
+                    os.replace(self._tmp, self.target)  # type: ignore[arg-type]
+        finally:
+            if self._folder is not None:
+                shutil.rmtree(self._folder, ignore_errors=True)
+
+    def _check_complete(self) -> None:
+        """OpenCV's writer drops OS errors (disk full, over the file size limit) without a
+        word: a video that does not open again with all its frames is not kept."""
+        capture = cv2.VideoCapture(str(self._tmp))
+        try:
+            frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+        finally:
+            capture.release()
+        if frames != self._frames:
+            raise FsanetError(
+                f"cannot write {self.target}: OpenCV could not finish the video ({frames} "
+                f"of its {self._frames} frames read back; is the disk full?)"
+            )

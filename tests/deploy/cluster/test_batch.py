@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from fsanet.cli import main
+from fsanet.core.errors import FsanetError
 from fsanet.engine.artifact import Artifact
 from fsanet.engine.pose import PoseEngine
 from fsanet.faces.estimator import HeadPoseEstimator
@@ -210,6 +211,32 @@ def test_a_bad_path_or_uri_is_one_line_before_ray_starts(
     for path, message in cases.items():
         assert main(["predict", "--ray", path, *engine]) == 1
         assert capsys.readouterr().err.strip().splitlines() == [f"fsanet: error: {message}"]
+
+
+def test_a_records_file_that_is_an_input_is_refused_before_ray_starts(
+    fusion_artifact: Artifact, shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import ray
+
+    from fsanet.deploy.cluster.batch import predict_on_ray
+
+    photo = tmp_path / "a.jpg"  # a copy: the user's photo, should the check fail
+    with zipfile.ZipFile(shared / "datasets" / "AFLW2000-3D.zip") as z:
+        photo.write_bytes(z.read(f"AFLW2000/image{PHOTOS[0]:05d}.jpg"))
+    before = photo.read_bytes()
+    lost = "which would be lost; write the outputs elsewhere"
+    # The command line checks local paths before the engine (there is none here)...
+    for fmt in ("jsonl", "parquet"):
+        argv = ["--format", fmt, "--jsonl", str(photo), str(photo), "--engine", "/no/such"]
+        assert main(["predict", "--ray", "-q", *argv]) == 1
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"fsanet: error: cannot write {photo}: it is an input, {lost}"
+        ]
+    # ... and predict_on_ray the files a file:// URI names, before a cluster starts.
+    with pytest.raises(FsanetError, match=f"cannot write {photo}: it is .*input.*, {lost}"):
+        predict_on_ray([tmp_path.as_uri()], fusion_artifact, jsonl=photo, fmt="parquet")
+    assert not ray.is_initialized()
+    assert photo.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["a.jpg"]
 
 
 def test_options_that_do_not_go_together_are_one_line(

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from fsanet.core import progress
 from fsanet.core.errors import FsanetError
+from fsanet.core.files import refuse_overwrites
 from fsanet.deploy.cluster.batch_worker import NOTES, WorkerOptions
 from fsanet.deploy.cluster.batch_write import FORMATS, records_writer
 from fsanet.engine.artifact import Artifact
@@ -101,6 +102,8 @@ def predict_on_ray(
     from fsanet.deploy.cluster.batch_sources import list_units
 
     listing = list_units(paths)  # a bad path fails before a cluster starts
+    if listing.local and jsonl is not None and str(jsonl) != "-":
+        refuse_overwrites((u.path for u in listing.units), [jsonl])
     import ray
 
     from fsanet.assets.fetch import fetch

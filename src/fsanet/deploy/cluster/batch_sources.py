@@ -91,7 +91,10 @@ def _from_local(text: str) -> list[tuple[str, str, str]]:
     if text.isdigit() and not os.path.exists(text):
         raise FsanetError(f"{text}: a camera cannot be read with --ray (give files or folders)")
     # The same listing as `fsanet predict`: its folders, its warnings, its error for a typo.
-    return [(s.kind, s.location, os.path.abspath(s.location)) for s in collect_sources([text])]
+    sources = collect_sources([text])
+    if any(s.kind == "camera" for s in sources):  # a /dev/videoN device
+        raise FsanetError(f"{text}: a camera cannot be read with --ray (give files or folders)")
+    return [(s.kind, s.location, os.path.abspath(s.location)) for s in sources]
 
 
 def open_uri(uri: str, listing: bool = False) -> tuple[pafs.FileSystem, str]:

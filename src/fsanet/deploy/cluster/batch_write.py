@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fsanet.core.errors import FsanetError
-from fsanet.core.files import atomic_path, writing
+from fsanet.core.files import atomic_path, remove_stale_outputs, writing
 from fsanet.faces.predict import jsonl_writer
 
 FORMATS = ("jsonl", "parquet")
@@ -59,6 +59,7 @@ def records_writer(
         return
     if str(path) == "-" or Path(path).is_dir():
         raise FsanetError(f"cannot write Parquet to {path}: give a file name")
+    remove_stale_outputs(Path(path).absolute().parent)  # what a killed run left
     with atomic_path(Path(path)) as tmp, _Parquet(tmp, path, parquet_schema(rotation)) as out:
         yield out.add
 
@@ -95,4 +96,5 @@ class _Parquet:
             if exc_type is None:
                 self._flush()
         finally:
-            self._writer.close()  # a failed run's file is removed by atomic_path
+            with writing(self.final):  # the footer: disk full shows here too
+                self._writer.close()  # a failed run's file is removed by atomic_path
