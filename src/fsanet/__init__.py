@@ -17,7 +17,7 @@ _EXPORTS = {
     "Aflw2000": "fsanet.assets.aflw2000",
     "Artifact": "fsanet.engine.artifact",
     "AxisErrors": "fsanet.measure.evaluate",
-    "BenchReport": "fsanet.measure.bench.core",
+    "BenchReport": "fsanet.measure.bench.report",
     "BuildOptions": "fsanet.convert.pipeline",
     "EndToEndReport": "fsanet.measure.endtoend",
     "EvalReport": "fsanet.measure.evaluate",
@@ -88,7 +88,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never run
     from fsanet.engine.artifact import Artifact
     from fsanet.engine.pose import PoseEngine
     from fsanet.faces.face import Face
-    from fsanet.measure.bench.core import BenchReport
+    from fsanet.measure.bench.report import BenchReport
     from fsanet.measure.endtoend import EndToEndReport
     from fsanet.measure.evaluate import AxisErrors, EvalReport, evaluate
     from fsanet.measure.matrix import AccuracyMatrix, accuracy_matrix

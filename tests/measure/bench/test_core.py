@@ -25,21 +25,17 @@ from fsanet.measure.bench import (
     BenchReport,
     LatencyStats,
     Ratio,
+    baseline,
     benchmark,
     check_plot_path,
-    core,
     count_flops,
     interleave,
     machine_info,
     parse_batches,
 )
-from fsanet.measure.bench.core import (
-    ThreadChoice,
-    _choose_threads,
-    _Entry,
-    expand_models,
-    split_iterations,
-)
+from fsanet.measure.bench.baseline import ThreadChoice, choose_threads
+from fsanet.measure.bench.core import expand_models
+from fsanet.measure.bench.timing import split_iterations
 
 # --- statistics ------------------------------------------------------------------------------
 
@@ -348,7 +344,7 @@ def test_json_shape(fusion_artifact, capsys, tmp_path):
 
 
 def test_baseline_tensorflow(fusion_artifact, capsys, monkeypatch):
-    monkeypatch.setattr(core, "TRIAL_SECONDS", 0.02)
+    monkeypatch.setattr(baseline, "TRIAL_SECONDS", 0.02)
     args = ["bench", str(fusion_artifact.path), "--baseline", "tensorflow", "--no-peak"]
     assert main([*args, "--batch", "1", "--iterations", "2", "--warmup", "1", "-q", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -368,7 +364,7 @@ def test_baseline_tensorflow(fusion_artifact, capsys, monkeypatch):
 
 
 def test_tensorflow_baseline_keeps_its_fastest_thread_setting(fusion_artifact, monkeypatch):
-    monkeypatch.setattr(core, "TRIAL_SECONDS", 0.02)
+    monkeypatch.setattr(baseline, "TRIAL_SECONDS", 0.02)
     report = fsanet.benchmark(
         [str(fusion_artifact.path)], [1, 4], iterations=2, warmup=1, rounds=1, threads=2,
         baseline="tensorflow", peak=False, dataset="random",
@@ -389,12 +385,11 @@ def test_tensorflow_baseline_keeps_its_fastest_thread_setting(fusion_artifact, m
 def test_thread_trials_pick_the_fastest_setting():
     slow_log: list[tuple[str, int]] = []
     slow, fast = SlowEngine("slow", slow_log, delay=0.003), FakeEngine("fast", [])
-    entry = _Entry(slow, "ref", None, None, {}, {"split": slow, "inter": fast})
     feeds = [np.zeros((2, 64, 64, 3), np.uint8)]
-    choice = _choose_threads(entry, feeds, warmup=1)
+    choice = choose_threads({"split": slow, "inter": fast}, feeds, warmup=1)
     assert choice.setting == "inter" and choice.trials["inter"] > choice.trials["split"] > 0
     assert slow_log  # each setting was warmed up and timed
-    assert _choose_threads(_Entry(slow, "ref", None, None, {}, {"split": slow}), feeds, 1) == (
+    assert choose_threads({"split": slow}, feeds, 1) == (
         ThreadChoice("split", {})
     )  # one setting (one core): nothing to try
 

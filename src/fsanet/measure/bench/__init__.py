@@ -5,16 +5,14 @@ from fsanet.measure.bench.core import (
     ALL,
     DEFAULT_BATCHES,
     DEFAULT_ITERATIONS,
-    BenchReport,
-    BenchResult,
-    BenchSettings,
     benchmark,
-    interleave,
     parse_batches,
 )
 from fsanet.measure.bench.peak import Peak, machine_info, measure_peak
 from fsanet.measure.bench.plot import check_plot_path
+from fsanet.measure.bench.report import BenchReport, BenchResult, BenchSettings
 from fsanet.measure.bench.stats import LatencyStats, Ratio
+from fsanet.measure.bench.timing import interleave
 
 __all__ = [
     "ALL",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from fsanet.core.errors import FsanetError
 
 if TYPE_CHECKING:
-    from fsanet.measure.bench.core import BenchReport
+    from fsanet.measure.bench.report import BenchReport
 
 
 def _formats() -> set[str]:
