@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from fsanet.assets.zoo import VARIANTS
-from fsanet.convert.pipeline import BuildOptions, build, normalize_precision
+from fsanet.convert.pipeline import BuildOptions, build
+from fsanet.convert.precision import normalize_precision
 from fsanet.core.errors import BuildError, FsanetError
 from fsanet.core.machine import this_machine
 from fsanet.engine.backends.tensorflow import load_graph_def

@@ -4,8 +4,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fsanet.convert.precision import fp32_islands, get_precision, quantize_int8, to_fp16
+from fsanet.convert.onnx_precision import fp32_islands, quantize_int8, to_fp16
+from fsanet.convert.precision import PRECISIONS, get_precision, int8_schemes
 from fsanet.core.errors import FsanetError
+from fsanet.core.machine import this_machine
 
 
 @pytest.mark.parametrize(
@@ -94,3 +96,40 @@ def test_int8_methods_calibrate_differently_and_stay_close(images):
 def test_int8_unknown_method(images):
     with pytest.raises(FsanetError, match="unknown calibration method 'kl'"):
         quantize_int8(_conv_model(), images, "kl")
+
+
+def test_registry_hints_are_what_the_openvino_runner_sets():
+    # The runner (a layer below) maps labels to OpenVINO's hint on its own; they must agree.
+    pytest.importorskip("openvino")
+    from fsanet.engine.backends.base import EXECUTED_PRECISIONS
+    from fsanet.engine.backends.openvino import _HINTS
+
+    for precision in PRECISIONS.values():
+        if "openvino" in precision.backends:
+            assert EXECUTED_PRECISIONS[_HINTS[precision.name]] == precision.hint, precision.name
+
+
+@pytest.mark.parametrize(
+    ("name", "executed", "ok"),
+    [
+        ("fp32", {"precision": "fp32"}, True),
+        ("bf16", {"precision": "bf16", "inference_precision": "bf16"}, True),
+        ("bf16", {"precision": "bf16", "inference_precision": "fp32"}, False),
+        ("bf16", {"precision": "fp32", "inference_precision": "fp32"}, False),
+        ("int8", {"precision": "int8", "inference_precision": "fp32"}, True),
+        ("int8", {"precision": "int8", "inference_precision": None}, True),
+        ("fp16", {"precision": "fp32"}, False),
+    ],
+)
+def test_what_running_as_labelled_means(name, executed, ok):
+    assert PRECISIONS[name].ran_as_labelled(executed) is ok
+
+
+def test_only_int8_tries_settings():
+    machine = this_machine()
+    assert PRECISIONS["fp32"].attempts("onnxruntime", machine, "u8u8") == [None]
+    assert PRECISIONS["int8"].attempts("onnxruntime", machine, "u8u8") == ["u8u8"]
+    assert PRECISIONS["int8"].attempts("openvino", machine) == ["performance", "mixed"]
+    assert PRECISIONS["int8"].attempts("onnxruntime", machine) == int8_schemes(
+        "onnxruntime", machine
+    )

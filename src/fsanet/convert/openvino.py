@@ -6,7 +6,9 @@ import contextlib
 import io
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -42,28 +44,25 @@ def import_openvino():
 
 
 def to_openvino(
-    model: onnx.ModelProto,
-    xml_path: Path,
-    precision: str,
-    calibration: np.ndarray | None = None,
-    method: str = "minmax",
-    preset: str = "performance",
+    model: onnx.ModelProto, xml_path: Path, convert: Callable[[Any], Any] | None = None
 ) -> None:
-    """Write `model` as IR (`xml_path` and its .bin). fp32/fp16/bf16 are chosen at compile
-    time, so the IR stays fp32; int8 is quantised here with NNCF."""
+    """Write `model` as IR (`xml_path` and its .bin), through `convert`: the precision's step
+    on the IR (fsanet.convert.precision; NNCF int8). fp32/bf16 are chosen at compile time,
+    so their IR stays fp32."""
     ov = import_openvino()
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "model.onnx"
         onnx.save(model, source)
         ov_model = ov.convert_model(str(source))
-    if precision == "int8":
-        if calibration is None or len(calibration) == 0:
-            raise BuildError("int8 needs calibration images")
-        ov_model = _quantize(ov_model, calibration, method, preset)
+    if convert is not None:
+        ov_model = convert(ov_model)
     ov.save_model(ov_model, str(xml_path), compress_to_fp16=False)
 
 
-def _quantize(ov_model: object, calibration: np.ndarray, method: str, preset: str) -> object:
+def quantize(ov_model: object, calibration: np.ndarray | None, method: str, preset: str) -> object:
+    """int8 with NNCF: the convolutions, with ranges calibrated on `calibration`."""
+    if calibration is None or len(calibration) == 0:
+        raise BuildError("int8 needs calibration images")
     try:
         import nncf
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters

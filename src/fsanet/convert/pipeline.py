@@ -14,7 +14,7 @@ import importlib.metadata
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from fsanet.engine.backends import ENGINE_BACKENDS
 from fsanet.engine.pose import PoseEngine
 from fsanet.engine.tta import FLIP, NONE, check_mode, flip_average, view_name
 
+if TYPE_CHECKING:
+    from fsanet.convert.precision import Calibration
+
 # Bumped whenever the build pipeline changes what it writes, so cached engines are rebuilt.
 BUILDER_VERSION = 5
 DEFAULT_OPSET = 17
@@ -37,12 +40,6 @@ PARITY_REAL = 32  # AFLW2000 crops, evenly spread over the evaluation set
 PARITY_RANDOM = 16  # uniform random pixel values
 CALIBRATION_SEED = 0
 DEFAULT_CALIBRATION_SIZE = 200
-
-
-def normalize_precision(name: str, backend: str | None = None) -> str:
-    from fsanet.convert.precision import get_precision
-
-    return get_precision(name, backend).name
 
 
 AUTO = "auto"  # --precision auto: measure the candidates here, keep the fastest accurate one
@@ -183,6 +180,8 @@ class BuildOptions:
 
         Reduced precisions and tuned choices depend on the CPU (int8 settings, what was
         measured fastest), so the machine is part of their key; plain fp32 is not."""
+        from fsanet.convert.precision import PRECISIONS
+
         payload: dict[str, Any] = {
             "format": FORMAT,
             "builder": BUILDER_VERSION,
@@ -200,7 +199,7 @@ class BuildOptions:
             payload.update(
                 backend=self.backend, precision=self.precision, layout=self.layout, **self.runtime()
             )
-            if self.precision != "fp32":
+            if PRECISIONS[self.precision].cpu_specific:
                 payload["isa"] = this_machine().isa_class
         if self.calibrates:
             payload["calibration"] = [self.calibration_method, self.calibration_size]
@@ -271,17 +270,14 @@ def build(options: BuildOptions, mirror: str | None = None, force: bool = False)
     remove_stale_temps(ensure_dir(options.artifact_dir().parent))
     if options.precision == AUTO:  # chosen by measuring, above this layer
         raise FsanetError("precision auto is resolved by fsanet.build / fsanet.load, not here")
-    from fsanet.convert.precision import check_supported, int8_schemes
+    from fsanet.convert.precision import PRECISIONS, check_supported
 
     machine = this_machine()
     check_supported(options.precision, options.backend, machine)
     sources = prepare_sources(options, mirror)
-    schemes: list[str | None] = [None]
-    if options.precision == "int8":
-        explicit = options.int8_scheme != "cpu"
-        schemes = [options.int8_scheme] if explicit else int8_schemes(options.backend, machine)
+    precision = PRECISIONS[options.precision]
     tried: list[dict[str, Any]] = []
-    for scheme in schemes:
+    for scheme in precision.attempts(options.backend, machine, options.int8_scheme):
         try:
             return _build_one(options, sources, scheme, tried)
         except _OutsideBound as e:
@@ -292,9 +288,9 @@ def build(options: BuildOptions, mirror: str | None = None, force: bool = False)
     bound = tried[-1]["bound"]
     deltas = ", ".join(f"{t['scheme']} {t['delta']:+.3f}°" for t in tried)
     raise BuildError(
-        f"int8 on {options.backend} moves the fusion MAE outside its ±{bound}° bound on this CPU "
-        f"({machine.model}, {machine.isa_class}) with every setting tried ({deltas}); nothing "
-        f"was written: try --calibration-method {' or '.join(others)}, the other backend, "
+        f"{precision.name} on {options.backend} moves the fusion MAE outside its ±{bound}° bound "
+        f"on this CPU ({machine.model}, {machine.isa_class}) with every setting tried ({deltas}); "
+        f"nothing was written: try --calibration-method {' or '.join(others)}, the other backend, "
         "fp32, or --precision auto"
     )
 
@@ -385,10 +381,13 @@ def _build_one(
 ) -> Artifact:
     import onnx
 
-    calibration = None
+    from fsanet.convert.precision import Calibration
+
+    images = None
     if options.calibrates:
         indices = calibration_indices(options.calibration_size, len(sources.evaluation))
-        calibration = sources.evaluation.images[indices].astype(np.float32)
+        images = sources.evaluation.images[indices].astype(np.float32)
+    calibration = Calibration(images, options.calibration_method, scheme)
     final = options.artifact_dir()
     with atomic_path(final) as tmp:
         tmp.mkdir()
@@ -398,7 +397,7 @@ def _build_one(
             model = _apply_layout(onnx.load_from_string(data), options)
             if options.tta == FLIP:
                 model, outputs = _add_flip(model, outputs)
-            models.append(_write_model(tmp, name, model, outputs, options, calibration, scheme))
+            models.append(_write_model(tmp, name, model, outputs, options, calibration))
         manifest = Manifest(
             variants=list(options.variants),
             backend=options.backend,
@@ -542,37 +541,26 @@ def _write_model(
     model: Any,
     outputs: dict[str, str],
     options: BuildOptions,
-    calibration: np.ndarray | None,
-    scheme: str | None = None,
+    calibration: Calibration,
 ) -> ModelFile:
-    """Apply the precision and write the backend's files for one model."""
+    """Apply the precision's step for the backend and write the backend's files for one
+    model: OpenVINO converts to IR first and steps on the IR, ONNX Runtime on the graph."""
     import onnx
 
-    from fsanet.convert.precision import INT8_SCHEMES, quantize_int8, to_fp16
+    from fsanet.convert.precision import PRECISIONS
 
+    precision = PRECISIONS[options.precision]
     input_name = model.graph.input[0].name
     if options.backend == "openvino":
         from fsanet.convert.openvino import to_openvino
 
         xml = directory / f"{name}.xml"
-        to_openvino(
-            model,
-            xml,
-            options.precision,
-            calibration,
-            options.calibration_method,
-            scheme or "performance",
-        )
+        to_openvino(model, xml, lambda ir: precision.convert("openvino", ir, calibration))
         bin_file = xml.with_suffix(".bin")
         return ModelFile(
             xml.name, sha256_file(xml), input_name, outputs, bin_file.name, sha256_file(bin_file)
         )
-    if options.precision == "fp16":
-        model = to_fp16(model, calibration)
-    elif options.precision == "int8":
-        model = quantize_int8(
-            model, calibration, options.calibration_method, INT8_SCHEMES[scheme or "u8s8"]
-        )
+    model = precision.convert(options.backend, model, calibration)
     file = directory / f"{name}.onnx"
     onnx.save(model, file)
     return ModelFile(file.name, sha256_file(file), input_name, outputs)
@@ -588,9 +576,9 @@ def check_execution(engine: PoseEngine, options: BuildOptions) -> dict[str, Any]
             f"not applicable: {executed['device']} shows no per-layer precision to check"
         )
         return executed
-    hint = executed.get("inference_precision")
-    expected_hint = {"bf16": "bf16"}.get(options.precision, "fp32")
-    if ran != options.precision or (hint is not None and hint != expected_hint):
+    from fsanet.convert.precision import PRECISIONS
+
+    if not PRECISIONS[options.precision].ran_as_labelled(executed):
         machine = this_machine()
         raise BuildError(
             f"{options.precision} on {options.backend} would run as {ran} on this CPU "
@@ -620,7 +608,9 @@ def check_parity(engine: PoseEngine, sources: Sources, precision: str) -> dict[s
         "num_real": inputs.num_real,
         "num_random": inputs.num_random,
     }
-    if precision != "fp32":
+    from fsanet.convert.precision import PRECISIONS
+
+    if not PRECISIONS[precision].parity:
         report["status"] = (
             f"not applicable: {precision} is held to its AFLW2000 accuracy bound instead"
         )

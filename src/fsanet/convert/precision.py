@@ -1,241 +1,153 @@
-"""Reduced precisions for the ONNX graph: fp16 islands and int8 static quantisation.
+"""The precisions an engine can be built in, each with what it means: how each backend gets
+its model into it, whether this CPU runs it natively, what the runtime must report for the
+engine to count as running it, and how far its accuracy may move. `PRECISIONS` is the one
+registry that the build, the tuner's candidates and the refusal messages read.
 
-fp16 follows the usual mixed-precision rule: the compute-heavy ops (Conv, MatMul, Gemm)
-run in fp16 and everything else stays fp32, and any op whose fp32 values on the
-calibration images leave fp16's safe range stays fp32 too (FSA-Net's capsule "squash"
-sums squares past 65504). int8 uses ONNX Runtime's static quantisation (QDQ, per-channel
-weights) of the convolutions, after ONNX Runtime's pre-processing has folded the batch
-norms into them, with the calibration method the user picks; the capsule routing and the
-regression heads stay fp32 (small, and sensitive to their ranges).
+The graph transforms themselves are in fsanet.convert.onnx_precision (ONNX Runtime: fp16
+islands, int8 QDQ) and fsanet.convert.openvino (NNCF int8); this module imports neither
+until a conversion or a support check runs, so reading the registry stays light.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
-import logging
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-
-from fsanet.convert.passes import sort_topologically
 from fsanet.core.errors import FsanetError
 from fsanet.core.machine import Machine
 
-FP16_OPS = frozenset({"Conv", "MatMul", "Gemm"})
-FP16_SAFE_MAX = 4096.0  # well inside fp16's 65504, leaving room for the op's own arithmetic
+if TYPE_CHECKING:
+    import numpy as np
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a conversion step may use: the calibration images (precisions that calibrate),
+    the calibration method, and the int8 setting being tried (None: the default)."""
+
+    images: np.ndarray | None = None
+    method: str = "minmax"
+    scheme: str | None = None
+
+
+# A backend's model in (the ONNX graph for onnxruntime, the OpenVINO IR for openvino), the
+# same kind of model in the precision out.
+Convert = Callable[[Any, Calibration], Any]
+
+
+def _as_is(model: Any, calibration: Calibration) -> Any:
+    return model
+
+
+def _runs_natively(machine: Machine) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How one backend gets a precision: its conversion step, and why this CPU cannot run
+    the result natively (None: it can). The check asks the runtime itself: a label that
+    would not execute is worse than no engine."""
+
+    convert: Convert = _as_is
+    unsupported: Callable[[Machine], str | None] = _runs_natively
 
 
 @dataclass(frozen=True)
 class Precision:
     name: str
     aliases: tuple[str, ...]
-    backends: tuple[str, ...]
+    backends: dict[str, Backend]  # the backends that run it, and how
     needs_calibration: bool = False
     # How far its fusion MAE may move from TensorFlow's fp32 one on AFLW2000 (degrees).
     mae_bound: float = 1e-3
+    # Held to TensorFlow's own outputs as well (fsanet.convert.verify.PARITY_TOLERANCE_DEG).
+    parity: bool = False
+    # The inference precision the runtime must report (OpenVINO's hint, which
+    # fsanet.engine.backends.openvino sets from the engine's label): fp32 unless the
+    # precision is a compile-time choice.
+    hint: str = "fp32"
+    # Its engine depends on this CPU's kernels, so the CPU class is part of its cache key.
+    cpu_specific: bool = True
+    # The graph layouts `--precision auto` tries it in (fsanet.convert.layout).
+    tune_layouts: tuple[str, ...] = ("plain",)
+    # The settings a build tries in order, keeping the first within the bound (int8's
+    # schemes, per backend and CPU); None: one build, no settings.
+    settings: Callable[[str, Machine], list[str]] | None = None
+
+    def convert(self, backend: str, model: Any, calibration: Calibration) -> Any:
+        return self.backends[backend].convert(model, calibration)
+
+    def unsupported(self, backend: str, machine: Machine) -> str | None:
+        return self.backends[backend].unsupported(machine)
+
+    def attempts(self, backend: str, machine: Machine, asked: str = "cpu") -> list[str | None]:
+        """The settings a build tries: the one asked for, or this CPU's in order ("cpu")."""
+        if self.settings is None:
+            return [None]
+        return [asked] if asked != "cpu" else list(self.settings(backend, machine))
+
+    def ran_as_labelled(self, executed: dict[str, Any]) -> bool:
+        """Whether the runtime's own report (fsanet.engine.pose.PoseEngine.execution) says
+        the convolutions ran in this precision, at its hint where the runtime has one."""
+        hint = executed.get("inference_precision")
+        return executed["precision"] == self.name and hint in (None, self.hint)
 
 
-PRECISIONS: dict[str, Precision] = {
-    p.name: p
-    for p in (
-        Precision("fp32", ("force_float32", "float32"), ("onnxruntime", "openvino")),
-        Precision(
-            "fp16",
-            ("force_float16", "float16"),
-            ("onnxruntime",),  # OpenVINO's reduced float on CPUs is bf16
-            needs_calibration=True,
-            mae_bound=0.02,
-        ),
-        Precision("bf16", ("bfloat16",), ("openvino",), mae_bound=0.02),
-        Precision(
-            "int8",
-            ("qint8_mixed_float16", "qint8"),
-            ("onnxruntime", "openvino"),
-            needs_calibration=True,
-            mae_bound=0.10,
-        ),
-    )
-}
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-QUANTIZED_OPS = ["Conv"]
-# Histogram settings of the usual entropy (KL, as TensorRT's) and percentile calibrations.
-_HISTOGRAMS = {
-    "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
-    "percentile": {"num_bins": 2048, "percentile": 99.999},
-}
+# Conversion steps.
 
 
-def unsupported(precision: str, backend: str, machine: Machine) -> str | None:
-    """Why `backend` cannot run `precision` natively on this CPU (None: it can), asked of
-    the runtime itself: a label that would not execute is worse than no engine."""
-    if (precision, backend) == ("bf16", "openvino"):
-        from fsanet.convert.openvino import import_openvino
+def _onnx_fp16(model: Any, calibration: Calibration) -> Any:
+    from fsanet.convert.onnx_precision import to_fp16
 
-        capabilities = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        if "BF16" not in capabilities:
-            return (
-                f"this CPU ({machine.model}, {machine.isa_class}) has no bf16 arithmetic "
-                "(avx512_bf16 or amx_bf16), so OpenVINO would run the engine in fp32"
-            )
-    if (precision, backend) == ("fp16", "onnxruntime") and not _ort_runs_fp16_conv():
-        return (
-            f"ONNX Runtime's CPU kernels for this CPU ({machine.model}, {machine.isa_class}) "
-            "have no fp16 convolution, so it would cast every layer back to fp32"
-        )
-    return None
+    return to_fp16(model, calibration.images)
 
 
-def check_supported(precision: str, backend: str, machine: Machine) -> None:
-    """A one-line error naming what is missing and what runs here instead."""
-    reason = unsupported(precision, backend, machine)
-    if reason is None:
-        return
-    alternatives = [
-        f"{p.name} ({b})"
-        for p in PRECISIONS.values()
-        for b in p.backends
-        if p.name != precision and _safe_supported(p.name, b, machine)
-    ]
-    raise FsanetError(
-        f"{precision} is not available on {backend} here: {reason}; use "
-        f"{', '.join(alternatives)} or --precision auto (the fastest accurate engine here)"
+def _onnx_int8(model: Any, calibration: Calibration) -> Any:
+    from fsanet.convert.onnx_precision import quantize_int8
+
+    scheme = INT8_SCHEMES[calibration.scheme or "u8s8"]
+    return quantize_int8(
+        model, calibration.images, calibration.method, scheme.weight, scheme.reduce_range
     )
 
 
-def _safe_supported(precision: str, backend: str, machine: Machine) -> bool:
-    try:
-        return unsupported(precision, backend, machine) is None
-    except FsanetError:  # the backend is not installed
-        return False
+def _openvino_int8(ir: Any, calibration: Calibration) -> Any:
+    from fsanet.convert.openvino import quantize
+
+    return quantize(ir, calibration.images, calibration.method, calibration.scheme or "performance")
 
 
-@functools.cache
-def _ort_runs_fp16_conv() -> bool:
-    """Does ONNX Runtime's CPU provider run an fp16 Conv as fp16? Where it has no such
-    kernel it wraps the node in casts to fp32 (seen on x86-64)."""
-    from onnx import TensorProto, helper, numpy_helper
+# Native support, asked of the runtimes.
 
-    weights = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float16), "w")
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"])],
-        "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4, 6, 6])],
-        [weights],
+
+def _no_openvino_bf16(machine: Machine) -> str | None:
+    from fsanet.convert.openvino import import_openvino
+
+    capabilities = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" in capabilities:
+        return None
+    return (
+        f"this CPU ({machine.model}, {machine.isa_class}) has no bf16 arithmetic "
+        "(avx512_bf16 or amx_bf16), so OpenVINO would run the engine in fp32"
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    with tempfile.TemporaryDirectory() as tmp:
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        optimized = onnx.load(options.optimized_model_filepath)
-    return not any(node.op_type == "Cast" for node in optimized.graph.node)
 
 
-def get_precision(name: str, backend: str | None = None) -> Precision:
-    """Find a precision by any of its spellings; check the backend can run it."""
-    for precision in PRECISIONS.values():
-        if name.lower() in (precision.name, *precision.aliases):
-            if backend is not None and backend not in precision.backends:
-                raise FsanetError(
-                    f"precision {precision.name} is not available on {backend}: use "
-                    f"{' or '.join(precision.backends)}"
-                )
-            return precision
-    known = ", ".join(f"{p.name} ({'/'.join(p.aliases)})" for p in PRECISIONS.values())
-    raise FsanetError(f"unknown precision '{name}': choose {known}")
+def _no_onnxruntime_fp16(machine: Machine) -> str | None:
+    from fsanet.convert.onnx_precision import runs_fp16_conv
 
-
-def _all_values(model: onnx.ModelProto, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Every intermediate tensor of `model` on `images` (fp32 reference run)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
-    names = [out for node in probe.graph.node for out in node.output if out and out not in have]
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    if runs_fp16_conv():
+        return None
+    return (
+        f"ONNX Runtime's CPU kernels for this CPU ({machine.model}, {machine.isa_class}) "
+        "have no fp16 convolution, so it would cast every layer back to fp32"
     )
-    feed = {probe.graph.input[0].name: images}
-    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True))
 
 
-def fp32_islands(model: onnx.ModelProto, images: np.ndarray) -> list[str]:
-    """Names of the nodes that must stay fp32: not compute-heavy, or out of fp16's range."""
-    values = _all_values(model, images)
-    too_big = {
-        name
-        for name, v in values.items()
-        if v.dtype == np.float32 and v.size and float(np.abs(v).max()) > FP16_SAFE_MAX
-    }
-    return [
-        node.name
-        for node in model.graph.node
-        if node.op_type not in FP16_OPS or any(t in too_big for t in [*node.input, *node.output])
-    ]
-
-
-def to_fp16(model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
-    """Mixed fp16 with fp32 inputs and outputs (see the module docstring)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    for i, node in enumerate(model.graph.node):  # the converter selects nodes by name
-        node.name = node.name or f"node_{i}"
-    keep = fp32_islands(model, calibration)
-    with _quiet():
-        converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
-    return sort_topologically(_drop_cast_round_trips(converted))
-
-
-def _cast_to(node: onnx.NodeProto) -> int:
-    return next(a.i for a in node.attribute if a.name == "to")
-
-
-def _drop_cast_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Remove fp32 -> fp16 -> fp32 cast pairs between two fp32 nodes.
-
-    The converter casts every fp32 island's output to fp16 and back for the next island,
-    which overflows exactly the values the island exists to protect.
-    """
-    graph = model.graph
-    outputs = {o.name for o in graph.output}
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
-    rename: dict[str, str] = {}
-    dropped: set[int] = set()
-    for node in graph.node:
-        if node.op_type != "Cast" or _cast_to(node) != f16:
-            continue
-        after = users.get(node.output[0], [])
-        if not after or any(u.op_type != "Cast" or _cast_to(u) != f32 for u in after):
-            continue
-        for user in after:
-            if user.output[0] in outputs:
-                user.input[0] = node.input[0]  # keep the graph output's name
-            else:
-                rename[user.output[0]] = node.input[0]
-                dropped.add(id(user))
-        dropped.add(id(node))
-    kept = [n for n in graph.node if id(n) not in dropped]
-    for node in kept:
-        node.input[:] = [rename.get(name, name) for name in node.input]
-    del graph.node[:]
-    graph.node.extend(kept)
-    return model
+# int8's settings.
 
 
 @dataclass(frozen=True)
@@ -284,81 +196,92 @@ def int8_schemes(backend: str, machine: Machine) -> list[str]:
     return ["u8u8", "u8s8-7bit"]
 
 
-def quantize_int8(
-    model: onnx.ModelProto,
-    calibration: np.ndarray,
-    method: str,
-    scheme: Int8Scheme = INT8_SCHEMES["u8s8"],
-) -> onnx.ModelProto:
-    """Static int8 (QDQ): uint8 activations, per-channel weights, calibrated ranges."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
+# The registry. Float precisions other than fp16 are chosen when OpenVINO compiles the
+# model (the hint), so their IR stays fp32 and their conversion step is the identity.
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision(
+            "fp32",
+            ("force_float32", "float32"),
+            {"onnxruntime": Backend(), "openvino": Backend()},
+            parity=True,
+            cpu_specific=False,
+            tune_layouts=("plain", "stacked"),
+        ),
+        Precision(
+            "fp16",
+            ("force_float16", "float16"),
+            # OpenVINO's reduced float on CPUs is bf16.
+            {"onnxruntime": Backend(_onnx_fp16, _no_onnxruntime_fp16)},
+            needs_calibration=True,  # which ops would overflow fp16 stay fp32
+            mae_bound=0.02,
+        ),
+        Precision(
+            "bf16",
+            ("bfloat16",),
+            {"openvino": Backend(unsupported=_no_openvino_bf16)},
+            mae_bound=0.02,
+            hint="bf16",
+            # The stacked layout pays off where wide convolutions are much cheaper per
+            # FLOP: bf16 on AMX.
+            tune_layouts=("plain", "stacked"),
+        ),
+        Precision(
+            "int8",
+            ("qint8_mixed_float16", "qint8"),
+            {"onnxruntime": Backend(_onnx_int8), "openvino": Backend(_openvino_int8)},
+            needs_calibration=True,
+            mae_bound=0.10,
+            settings=int8_schemes,
+        ),
     )
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
-    if method not in methods:
-        raise FsanetError(
-            f"unknown calibration method '{method}': choose {', '.join(CALIBRATION_METHODS)}"
-        )
-    input_name = model.graph.input[0].name
-
-    class Reader(CalibrationDataReader):
-        # One image per call: the histogram calibrators need equal-sized batches.
-        def __init__(self) -> None:
-            self._batches = iter(calibration[i : i + 1] for i in range(len(calibration)))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._batches, None)
-            return None if batch is None else {input_name: batch}
-
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
-        source, ready = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
-        target, ranges = Path(tmp) / "int8.onnx", Path(tmp) / "ranges.json"
-        onnx.save(model, source)
-        quant_pre_process(source, ready, skip_symbolic_shape=True)
-        # Ranges are computed here rather than inside quantize_static, which cannot set the
-        # histogram sizes: with its default 128 bins, "entropy" degenerates to min-max.
-        calibrator = create_calibrator(
-            ready,
-            QUANTIZED_OPS,
-            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=methods[method],
-            extra_options=_HISTOGRAMS.get(method, {}),
-        )
-        calibrator.collect_data(Reader())
-        save_tensors_data(calibrator.compute_data(), ranges)
-        quantize_static(
-            ready,
-            target,
-            None,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=QUANTIZED_OPS,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8 if scheme.weight == "int8" else QuantType.QUInt8,
-            reduce_range=scheme.reduce_range,
-            calibrate_method=methods[method],
-            calibration_cache_path=ranges,
-        )
-        return onnx.load(target)
+}
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    # The converters log and print per-node chatter; keep the user's terminal readable.
-    logging.disable(logging.WARNING)
+def get_precision(name: str, backend: str | None = None) -> Precision:
+    """Find a precision by any of its spellings; check the backend can run it."""
+    for precision in PRECISIONS.values():
+        if name.lower() in (precision.name, *precision.aliases):
+            if backend is not None and backend not in precision.backends:
+                raise FsanetError(
+                    f"precision {precision.name} is not available on {backend}: use "
+                    f"{' or '.join(precision.backends)}"
+                )
+            return precision
+    known = ", ".join(f"{p.name} ({'/'.join(p.aliases)})" for p in PRECISIONS.values())
+    raise FsanetError(f"unknown precision '{name}': choose {known}")
+
+
+def normalize_precision(name: str, backend: str | None = None) -> str:
+    return get_precision(name, backend).name
+
+
+def unsupported(precision: str, backend: str, machine: Machine) -> str | None:
+    """Why `backend` cannot run `precision` natively on this CPU (None: it can)."""
+    entry = PRECISIONS[precision].backends.get(backend)
+    return None if entry is None else entry.unsupported(machine)
+
+
+def check_supported(precision: str, backend: str, machine: Machine) -> None:
+    """A one-line error naming what is missing and what runs here instead."""
+    reason = unsupported(precision, backend, machine)
+    if reason is None:
+        return
+    alternatives = [
+        f"{p.name} ({b})"
+        for p in PRECISIONS.values()
+        for b in p.backends
+        if p.name != precision and _safe_supported(p.name, b, machine)
+    ]
+    raise FsanetError(
+        f"{precision} is not available on {backend} here: {reason}; use "
+        f"{', '.join(alternatives)} or --precision auto (the fastest accurate engine here)"
+    )
+
+
+def _safe_supported(precision: str, backend: str, machine: Machine) -> bool:
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(logging.NOTSET)
+        return unsupported(precision, backend, machine) is None
+    except FsanetError:  # the backend is not installed
+        return False

@@ -16,7 +16,7 @@ from fsanet.engine.backends.openvino import OpenVinoRunner, fixed_batch
 def tiny_ir(channel_mean):
     def convert(tmp_path: Path, batch: int | str) -> Path:
         xml = tmp_path / "m.xml"
-        to_openvino(channel_mean(batch), xml, "fp32")
+        to_openvino(channel_mean(batch), xml)
         return xml
 
     return convert

@@ -107,3 +107,18 @@ def test_tta_reaches_every_candidate_and_the_cache_key():
     assert candidates and all(b.options.tta == "flip" for b in candidates)
     assert all(b.options.tta == "none" for b in builds(plain, this_machine()))
     assert plain.key() != flip.key() and "-auto-dyn-flip-" in flip.artifact_dir().name
+
+
+def test_the_candidates_are_the_precision_registry():
+    # Each backend with each precision it runs; the stacked layout for fp32 and bf16.
+    assert BUILDS == (
+        ("onnxruntime", "fp32", "plain"),
+        ("onnxruntime", "fp32", "stacked"),
+        ("onnxruntime", "fp16", "plain"),
+        ("onnxruntime", "int8", "plain"),
+        ("openvino", "fp32", "plain"),
+        ("openvino", "fp32", "stacked"),
+        ("openvino", "bf16", "plain"),
+        ("openvino", "bf16", "stacked"),
+        ("openvino", "int8", "plain"),
+    )

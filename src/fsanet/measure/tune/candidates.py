@@ -13,23 +13,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from fsanet.convert.pipeline import BuildOptions
-from fsanet.convert.precision import unsupported
+from fsanet.convert.precision import PRECISIONS, unsupported
 from fsanet.core.errors import FsanetError
 from fsanet.core.machine import Machine
+from fsanet.engine.backends import ENGINE_BACKENDS
 from fsanet.engine.backends.base import CORE_MODES, SHAPE_MODES
 
-# (backend, precision, layout). The stacked layout adds FLOPs and pays off only where wide
-# convolutions are much cheaper per FLOP (bf16 on AMX); it is tried on the float builds.
-BUILDS = (
-    ("onnxruntime", "fp32", "plain"),
-    ("onnxruntime", "fp32", "stacked"),
-    ("onnxruntime", "fp16", "plain"),
-    ("onnxruntime", "int8", "plain"),
-    ("openvino", "fp32", "plain"),
-    ("openvino", "fp32", "stacked"),
-    ("openvino", "bf16", "plain"),
-    ("openvino", "bf16", "stacked"),
-    ("openvino", "int8", "plain"),
+# (backend, precision, layout): each backend with each precision it runs, in each layout
+# tuned for that precision (the registry, fsanet.convert.precision).
+BUILDS = tuple(
+    (backend, precision.name, layout)
+    for backend in ENGINE_BACKENDS
+    for precision in PRECISIONS.values()
+    if backend in precision.backends
+    for layout in precision.tune_layouts
 )
 
 
