@@ -54,7 +54,8 @@ def aflw2000(shared: Path) -> Aflw2000:
 @pytest.fixture(scope="session")
 def fusion_artifact(shared: Path) -> Artifact:
     """The default engine: all three variants, ONNX Runtime fp32, dynamic batch."""
-    from fsanet.convert.pipeline import BuildOptions, build
+    from fsanet.convert.options import BuildOptions
+    from fsanet.convert.pipeline import build
 
     return build(BuildOptions.create())
 
@@ -62,7 +63,8 @@ def fusion_artifact(shared: Path) -> Artifact:
 @pytest.fixture(scope="session")
 def flip_artifact(shared: Path) -> Artifact:
     """The default engine with flip test-time augmentation inside its graph."""
-    from fsanet.convert.pipeline import BuildOptions, build
+    from fsanet.convert.options import BuildOptions
+    from fsanet.convert.pipeline import build
 
     return build(BuildOptions.create(tta="flip"))
 

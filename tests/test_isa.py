@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fsanet.convert.pipeline import BuildOptions, build
+from fsanet.convert.options import BuildOptions
+from fsanet.convert.pipeline import build
 from fsanet.convert.precision import int8_schemes
 from fsanet.core.errors import BuildError
 from fsanet.core.machine import Machine, this_machine

@@ -18,7 +18,7 @@ _EXPORTS = {
     "Artifact": "fsanet.engine.artifact",
     "AxisErrors": "fsanet.measure.evaluate",
     "BenchReport": "fsanet.measure.bench.report",
-    "BuildOptions": "fsanet.convert.pipeline",
+    "BuildOptions": "fsanet.convert.options",
     "EndToEndReport": "fsanet.measure.endtoend",
     "EvalReport": "fsanet.measure.evaluate",
     "Face": "fsanet.faces.face",
@@ -83,7 +83,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never run
     from fsanet.assets.aflw2000 import Aflw2000, load_aflw2000, prepare_aflw2000
     from fsanet.assets.fetch import fetch
     from fsanet.assets.zoo import VARIANTS
-    from fsanet.convert.pipeline import BuildOptions
+    from fsanet.convert.options import BuildOptions
     from fsanet.core.errors import FsanetError
     from fsanet.engine.artifact import Artifact
     from fsanet.engine.pose import PoseEngine

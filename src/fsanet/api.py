@@ -15,7 +15,8 @@ from typing import Any
 from fsanet.assets.aflw2000 import load_aflw2000
 from fsanet.assets.zoo import VARIANTS
 from fsanet.convert import pipeline
-from fsanet.convert.pipeline import AUTO, BuildOptions, find_artifact
+from fsanet.convert.options import AUTO, BuildOptions
+from fsanet.convert.pipeline import find_artifact
 from fsanet.core.errors import ArtifactError, FsanetError
 from fsanet.engine.artifact import Artifact
 from fsanet.engine.backends.base import available_cpus

@@ -16,7 +16,7 @@ from fsanet.core import progress
 from fsanet.core.errors import FsanetError
 
 if TYPE_CHECKING:  # the CLI imports heavy modules only inside the command that needs them
-    from fsanet.convert.pipeline import BuildOptions
+    from fsanet.convert.options import BuildOptions
     from fsanet.engine.artifact import Artifact
     from fsanet.engine.pose import PoseEngine
     from fsanet.faces.video import VideoOptions
@@ -97,7 +97,7 @@ def cmd_dataset(args: argparse.Namespace) -> None:
 
 
 def _build_options(args: argparse.Namespace) -> BuildOptions:
-    from fsanet.convert.pipeline import BuildOptions
+    from fsanet.convert.options import BuildOptions
 
     return BuildOptions.create(args.models or None, **_option_values(args))
 

@@ -1,8 +1,11 @@
 """BuildOptions: the cache key of an engine must not move, or engines built before stop loading."""
 
+import dataclasses
+
 import pytest
 
-from fsanet.convert.pipeline import BuildOptions
+from fsanet.convert.options import BuildOptions
+from fsanet.core.errors import FsanetError
 from fsanet.core.machine import Machine
 
 # A fixed CPU, so the keys of reduced and tuned precisions (which hold the machine) are the
@@ -51,3 +54,55 @@ def test_cache_keys_do_not_move(monkeypatch, options, name):
     # key() asks its own module for the machine: patch it there, wherever that module is.
     monkeypatch.setitem(BuildOptions.key.__globals__, "this_machine", lambda: XEON)
     assert BuildOptions.create(**options).artifact_dir().name == name
+
+
+# Each value no engine can be built from, and the words that refuse it.
+BAD = [
+    ({"precision": "fp8"}, "unknown precision 'fp8'"),
+    ({"precision": "bf16"}, "precision bf16 is not available on onnxruntime: use openvino"),
+    ({"layout": "wide"}, "unknown layout 'wide': choose plain, stacked"),
+    ({"int8_scheme": "u4"}, "unknown int8 scheme 'u4' for onnxruntime: choose cpu, u8s8"),
+    ({"cores": "many"}, "unknown cores 'many': choose split, shared"),
+    ({"shapes": "odd"}, "unknown shapes 'odd': choose fixed, dynamic"),
+    ({"precision": "auto", "tune_batches": [0]}, "tuning batch sizes must be at least 1"),
+    ({"precision": "fp16", "backend": "openvino"}, "fp16 is not available on openvino"),
+    ({"precision": "auto", "calibration_size": 0}, "auto .* needs calibration data"),
+    ({"precision": "int8", "calibration_size": 0}, "int8 needs calibration data"),
+    ({"precision": "int8", "calibration_method": "mse"}, "unknown calibration method 'mse'"),
+    ({"batch_size": 0}, "batch size must be at least 1"),
+    ({"backend": "tensorflow"}, "cannot build engines for backend 'tensorflow'"),
+    ({"models": ["resnet"]}, "unknown model 'resnet'"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD)
+def test_bad_options(kwargs, message):
+    with pytest.raises(FsanetError, match=message):
+        BuildOptions.create(**kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [b for b in BAD if "models" not in b[0]])
+def test_replace_is_checked_as_create_is(kwargs, message):
+    """Options made any other way are checked as well, with the same words."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    with pytest.raises(FsanetError, match=message):
+        dataclasses.replace(BuildOptions.create(), **values)
+    with pytest.raises(FsanetError, match=message):
+        BuildOptions(**values)
+
+
+def test_the_constructor_takes_canonical_names_only():
+    with pytest.raises(FsanetError, match="precision 'FP32' is spelled fp32 here"):
+        BuildOptions(precision="FP32")
+    with pytest.raises(FsanetError, match=r"some of capsule, var, noS, got \['fusion'\]"):
+        BuildOptions(variants=("fusion",))
+
+
+def test_create_makes_spellings_canonical():
+    made = BuildOptions.create(
+        ["FUSION"], precision="Force_Float32", optimize=False, layout="stacked",
+        tune_batches=[32, 1, 32],
+    )  # fmt: skip
+    assert made == BuildOptions(precision="fp32", optimize=False, tune_batches=(1, 32))
+    assert BuildOptions.create(["capsule"]).fuse is False  # one variant: nothing to fuse
+    assert BuildOptions.create(precision="AUTO").precision == "auto"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fsanet.convert.pipeline import BuildOptions
+from fsanet.convert.options import BuildOptions
 from fsanet.core.errors import FsanetError
 from fsanet.engine.tta import (
     check_mode,

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import importlib.metadata
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,203 +17,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fsanet.assets.fetch import fetch
-from fsanet.assets.zoo import AXES, FUSION, VARIANTS, Variant, resolve_variants
+from fsanet.assets.zoo import AXES, FUSION, VARIANTS, Variant
+from fsanet.convert.options import AUTO, BuildOptions
 from fsanet.core import progress
 from fsanet.core.errors import ArtifactError, BuildError, FsanetError
-from fsanet.core.files import atomic_path, ensure_dir, home_dir, remove_stale_temps, sha256_file
+from fsanet.core.files import atomic_path, ensure_dir, remove_stale_temps, sha256_file
 from fsanet.core.machine import this_machine
-from fsanet.engine.artifact import FORMAT, Artifact, Manifest, ModelFile
-from fsanet.engine.backends import ENGINE_BACKENDS
+from fsanet.engine.artifact import Artifact, Manifest, ModelFile
 from fsanet.engine.pose import PoseEngine
-from fsanet.engine.tta import FLIP, NONE, check_mode, flip_average, view_name
+from fsanet.engine.tta import FLIP, NONE, flip_average, view_name
 
 if TYPE_CHECKING:
     from fsanet.convert.precision import Calibration
 
-# Bumped whenever the build pipeline changes what it writes, so cached engines are rebuilt.
-BUILDER_VERSION = 5
-DEFAULT_OPSET = 17
 PARITY_TOLERANCE_DEG = 1e-3  # fp32 engines must match TensorFlow this closely
 PARITY_REAL = 32  # AFLW2000 crops, evenly spread over the evaluation set
 PARITY_RANDOM = 16  # uniform random pixel values
 CALIBRATION_SEED = 0
-DEFAULT_CALIBRATION_SIZE = 200
-
-
-AUTO = "auto"  # --precision auto: measure the candidates here, keep the fastest accurate one
-DEFAULT_TUNE_BATCHES = (1, 32)
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """What to build. `batch_size` matters only for a fixed-batch engine; the calibration
-    settings only for precisions that calibrate (fp16 range checks, int8). `layout` picks the
-    graph layout passes ("plain" or "stacked"); `cores` and `shapes` how the runner uses the
-    machine (see fsanet.engine.backends.base.Runner). precision="auto" tunes all of these on this
-    machine at `tune_batches` (fsanet.measure.tune)."""
-
-    variants: tuple[str, ...] = tuple(VARIANTS)
-    backend: str = "onnxruntime"
-    precision: str = "fp32"
-    dynamic_batch: bool = True
-    batch_size: int = 1
-    opset: int = DEFAULT_OPSET
-    optimize: bool = True  # graph passes (loop-free capsule, constant folding, dead nodes)
-    fuse: bool = True  # one graph for several variants
-    calibration_method: str = "minmax"
-    calibration_size: int = DEFAULT_CALIBRATION_SIZE
-    layout: str = "plain"
-    cores: str = "split"
-    shapes: str = "fixed"  # OpenVINO only
-    tune_batches: tuple[int, ...] = DEFAULT_TUNE_BATCHES  # precision="auto" only
-    int8_scheme: str = "cpu"  # "cpu": this CPU's settings in order, measured; or one name
-    tta: str = NONE  # "flip": crop and mirror image averaged inside the graph (fsanet.engine.tta)
-
-    @classmethod
-    def create(
-        cls,
-        models: list[str] | tuple[str, ...] | None = None,
-        backend: str = "onnxruntime",
-        precision: str = "fp32",
-        dynamic_batch: bool = True,
-        batch_size: int = 1,
-        opset: int = DEFAULT_OPSET,
-        optimize: bool = True,
-        fuse: bool = True,
-        calibration_method: str = "minmax",
-        calibration_size: int = DEFAULT_CALIBRATION_SIZE,
-        layout: str = "plain",
-        cores: str = "split",
-        shapes: str = "fixed",
-        tune_batches: tuple[int, ...] | list[int] = DEFAULT_TUNE_BATCHES,
-        int8_scheme: str = "cpu",
-        tta: str = NONE,
-    ) -> BuildOptions:
-        """Validate user-facing options into canonical ones; a precision this CPU cannot
-        run natively is refused here, before anything is built."""
-        from fsanet.convert.layout import LAYOUTS
-        from fsanet.convert.precision import (
-            CALIBRATION_METHODS,
-            check_supported,
-            get_precision,
-            int8_scheme_names,
-        )
-        from fsanet.engine.backends.base import CORE_MODES, SHAPE_MODES
-
-        if backend not in ENGINE_BACKENDS:
-            raise FsanetError(
-                f"cannot build engines for backend '{backend}': choose {', '.join(ENGINE_BACKENDS)}"
-            )
-        if batch_size < 1:
-            raise FsanetError(f"batch size must be at least 1, got {batch_size}")
-        for name, value, allowed in (
-            ("layout", layout, LAYOUTS),
-            ("cores", cores, CORE_MODES),
-            ("shapes", shapes, SHAPE_MODES),
-        ):
-            if value not in allowed:
-                raise FsanetError(f"unknown {name} '{value}': choose {', '.join(allowed)}")
-        if not tune_batches or any(b < 1 for b in tune_batches):
-            raise FsanetError(f"tuning batch sizes must be at least 1, got {list(tune_batches)}")
-        auto = precision.lower() == AUTO
-        chosen = None if auto else get_precision(precision, backend)
-        needs_calibration = auto or chosen.needs_calibration  # type: ignore[union-attr]
-        if needs_calibration and calibration_size < 1:
-            name = "auto (its int8 candidates)" if auto else chosen.name  # type: ignore[union-attr]
-            raise FsanetError(
-                f"{name} needs calibration data: give --calibration-size of at least 1"
-            )
-        if calibration_method not in CALIBRATION_METHODS:
-            raise FsanetError(
-                f"unknown calibration method '{calibration_method}': choose "
-                f"{', '.join(CALIBRATION_METHODS)}"
-            )
-        if chosen is not None:
-            check_supported(chosen.name, backend, this_machine())
-        schemes = ("cpu", *int8_scheme_names(backend))
-        if int8_scheme not in schemes:
-            raise FsanetError(
-                f"unknown int8 scheme '{int8_scheme}' for {backend}: choose {', '.join(schemes)}"
-            )
-        check_mode(tta)
-        variants = resolve_variants(models)
-        return cls(
-            variants=tuple(v.name for v in variants),
-            backend=backend,
-            precision=AUTO if auto else chosen.name,  # type: ignore[union-attr]
-            dynamic_batch=dynamic_batch,
-            batch_size=batch_size,
-            opset=opset,
-            optimize=optimize,
-            fuse=fuse and len(variants) > 1,
-            calibration_method=calibration_method,
-            calibration_size=calibration_size,
-            layout=layout if optimize else "plain",
-            cores=cores,
-            shapes=shapes,
-            tune_batches=tuple(sorted(set(tune_batches))),
-            int8_scheme=int8_scheme,
-            tta=tta,
-        )
-
-    @property
-    def fixed_batch(self) -> int | None:
-        return None if self.dynamic_batch else self.batch_size
-
-    @property
-    def calibrates(self) -> bool:
-        from fsanet.convert.precision import PRECISIONS
-
-        return self.precision == AUTO or PRECISIONS[self.precision].needs_calibration
-
-    def runtime(self) -> dict[str, str]:
-        """The runner settings recorded in the manifest."""
-        return {
-            "cores": self.cores,
-            **({"shapes": self.shapes} if self.backend == "openvino" else {}),
-        }
-
-    def key(self) -> str:
-        """A digest of everything that determines the artifact's contents.
-
-        Reduced precisions and tuned choices depend on the CPU (int8 settings, what was
-        measured fastest), so the machine is part of their key; plain fp32 is not."""
-        from fsanet.convert.precision import PRECISIONS
-
-        payload: dict[str, Any] = {
-            "format": FORMAT,
-            "builder": BUILDER_VERSION,
-            "sources": {v: VARIANTS[v].file.sha256 for v in self.variants},
-            "batch": self.fixed_batch,
-            "opset": self.opset,
-            "optimize": self.optimize,
-            "fuse": self.fuse,
-        }
-        if self.precision == AUTO:
-            machine = this_machine()
-            payload["auto"] = [list(self.tune_batches), machine.isa_class, machine.model]
-            payload["cores"] = machine.cores
-        else:
-            payload.update(
-                backend=self.backend, precision=self.precision, layout=self.layout, **self.runtime()
-            )
-            if PRECISIONS[self.precision].cpu_specific:
-                payload["isa"] = this_machine().isa_class
-        if self.calibrates:
-            payload["calibration"] = [self.calibration_method, self.calibration_size]
-        if self.int8_scheme != "cpu":
-            payload["int8_scheme"] = self.int8_scheme
-        if self.tta != NONE:
-            payload["tta"] = self.tta
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
-    def artifact_dir(self) -> Path:
-        models = FUSION if set(self.variants) == set(VARIANTS) else "+".join(self.variants)
-        batch = "dyn" if self.dynamic_batch else f"b{self.batch_size}"
-        engine = AUTO if self.precision == AUTO else f"{self.backend}-{self.precision}"
-        tta = "" if self.tta == NONE else f"-{self.tta}"
-        name = f"{models}-{engine}-{batch}{tta}-{self.key()}"
-        return home_dir() / "engines" / name
 
 
 @dataclass(frozen=True)
@@ -270,10 +88,9 @@ def build(options: BuildOptions, mirror: str | None = None, force: bool = False)
     remove_stale_temps(ensure_dir(options.artifact_dir().parent))
     if options.precision == AUTO:  # chosen by measuring, above this layer
         raise FsanetError("precision auto is resolved by fsanet.build / fsanet.load, not here")
-    from fsanet.convert.precision import PRECISIONS, check_supported
+    from fsanet.convert.precision import PRECISIONS
 
-    machine = this_machine()
-    check_supported(options.precision, options.backend, machine)
+    machine = this_machine()  # the options checked that it runs the precision natively
     sources = prepare_sources(options, mirror)
     precision = PRECISIONS[options.precision]
     tried: list[dict[str, Any]] = []

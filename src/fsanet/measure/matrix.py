@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from fsanet.assets.aflw2000 import load_aflw2000
-from fsanet.convert.pipeline import BuildOptions, build, fused_predictions
+from fsanet.convert.options import BuildOptions
+from fsanet.convert.pipeline import build, fused_predictions
 from fsanet.convert.precision import CALIBRATION_METHODS, PRECISIONS
 from fsanet.core import progress
 from fsanet.core.errors import FsanetError

@@ -33,14 +33,16 @@ VARIANT_OUTPUTS = {"capsule", "var", "noS", "fusion"}
 @pytest.fixture(scope="module")
 def openvino_artifact(shared: Path) -> Artifact:
     pytest.importorskip("openvino")
-    from fsanet.convert.pipeline import BuildOptions, build
+    from fsanet.convert.options import BuildOptions
+    from fsanet.convert.pipeline import build
 
     return build(BuildOptions.create(backend="openvino"))
 
 
 @pytest.fixture(scope="module")
 def fixed_artifact(shared: Path) -> Artifact:
-    from fsanet.convert.pipeline import BuildOptions, build
+    from fsanet.convert.options import BuildOptions
+    from fsanet.convert.pipeline import build
 
     return build(BuildOptions.create(["capsule"], dynamic_batch=False, batch_size=4))
 

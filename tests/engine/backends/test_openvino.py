@@ -63,7 +63,8 @@ def test_damaged_ir(tmp_path):
 
 
 def test_fused_engine_on_openvino_matches_tensorflow(shared, aflw2000):
-    from fsanet.convert.pipeline import BuildOptions, build
+    from fsanet.convert.options import BuildOptions
+    from fsanet.convert.pipeline import build
     from fsanet.engine.pose import PoseEngine
 
     artifact = build(BuildOptions.create(backend="openvino"))

@@ -454,7 +454,8 @@ def test_report_type():
 
 
 def test_openvino_engines_get_the_flops_recorded_at_build(fusion_artifact):
-    from fsanet.convert.pipeline import BuildOptions, build
+    from fsanet.convert.options import BuildOptions
+    from fsanet.convert.pipeline import build
 
     openvino = build(BuildOptions.create(backend="openvino"))
     report = fsanet.benchmark(

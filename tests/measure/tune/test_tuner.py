@@ -8,7 +8,7 @@ import json
 import pytest
 
 from fsanet.api import build
-from fsanet.convert.pipeline import BuildOptions
+from fsanet.convert.options import BuildOptions
 from fsanet.convert.precision import PRECISIONS, unsupported
 from fsanet.core.machine import this_machine
 from fsanet.measure.tune import Candidate, TuningReport
@@ -103,9 +103,10 @@ def test_tta_reaches_every_candidate_and_the_cache_key():
 
     plain = BuildOptions.create(precision="auto")
     flip = BuildOptions.create(precision="auto", tta="flip")
-    candidates = builds(flip, this_machine())
+    # A build this CPU cannot run has no options (they would refuse it): it is listed only.
+    candidates = [b for b in builds(flip, this_machine()) if b.options is not None]
     assert candidates and all(b.options.tta == "flip" for b in candidates)
-    assert all(b.options.tta == "none" for b in builds(plain, this_machine()))
+    assert all(b.options.tta == "none" for b in builds(plain, this_machine()) if b.options)
     assert plain.key() != flip.key() and "-auto-dyn-flip-" in flip.artifact_dir().name
 
 
@@ -122,3 +123,16 @@ def test_the_candidates_are_the_precision_registry():
         ("openvino", "bf16", "stacked"),
         ("openvino", "int8", "plain"),
     )
+
+
+def test_a_build_its_options_refuse_is_listed_with_why():
+    from fsanet.measure.tune.candidates import builds
+
+    # u8u8 is ONNX Runtime's int8 scheme: OpenVINO's builds cannot take it.
+    base = BuildOptions.create(precision="auto", int8_scheme="u8u8")
+    for b in builds(base, this_machine()):
+        if b.backend == "openvino" and b.skipped and "int8 scheme" in b.skipped:
+            assert b.options is None
+            assert b.skipped.startswith("unknown int8 scheme 'u8u8' for openvino")
+        elif b.skipped is None:
+            assert b.options.int8_scheme == "u8u8" and b.backend == "onnxruntime"

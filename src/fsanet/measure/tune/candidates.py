@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from fsanet.convert.pipeline import BuildOptions
+from fsanet.convert.options import BuildOptions
 from fsanet.convert.precision import PRECISIONS, unsupported
 from fsanet.core.errors import FsanetError
 from fsanet.core.machine import Machine
@@ -32,9 +32,12 @@ BUILDS = tuple(
 
 @dataclass(frozen=True)
 class Build:
-    """One engine build: the options, or why it is not made on this machine."""
+    """One engine build: its options, or why it is not made on this machine."""
 
-    options: BuildOptions
+    backend: str
+    precision: str
+    layout: str
+    options: BuildOptions | None = None  # None where skipped
     skipped: str | None = None  # the reason, where this CPU cannot run it as labelled
 
 
@@ -45,16 +48,28 @@ def builds(base: BuildOptions, machine: Machine) -> list[Build]:
     for backend, precision, layout in BUILDS:
         if not base.optimize and layout != "plain":
             continue  # the layout passes run on the optimised graph only
-        options = dataclasses.replace(
-            base, backend=backend, precision=precision, layout=layout, cores="split",
-            shapes="fixed",
-        )  # fmt: skip
         try:
             reason = unsupported(precision, backend, machine)
         except FsanetError as e:  # the backend is not installed
             reason = str(e)
-        out.append(Build(options, reason))
+        out.append(_build(base, backend, precision, layout, reason))
     return out
+
+
+def _build(
+    base: BuildOptions, backend: str, precision: str, layout: str, reason: str | None
+) -> Build:
+    """The build, with its options where it can run here (options check themselves)."""
+    if reason is not None:
+        return Build(backend, precision, layout, skipped=reason)
+    try:
+        options = dataclasses.replace(
+            base, backend=backend, precision=precision, layout=layout, cores="split",
+            shapes="fixed",
+        )  # fmt: skip
+    except FsanetError as e:  # e.g. an --int8-scheme that only the other backend has
+        return Build(backend, precision, layout, skipped=str(e))
+    return Build(backend, precision, layout, options)
 
 
 def run_settings(backend: str, threads: int) -> list[dict[str, str]]:

@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fsanet.convert.pipeline import BuildOptions, build, find_artifact
+from fsanet.convert.options import BuildOptions
+from fsanet.convert.pipeline import build, find_artifact
 from fsanet.core import progress
 from fsanet.core.errors import FsanetError
 from fsanet.core.files import atomic_path
@@ -153,9 +154,9 @@ def tune(options: BuildOptions, mirror: str | None = None, force: bool = False) 
     todo = builds(options, machine)
     for item in progress.bar(todo, desc="auto: build", unit="engine"):
         o = item.options
-        candidate = Candidate(o.backend, o.precision, o.layout)
+        candidate = Candidate(item.backend, item.precision, item.layout)
         candidates.append(candidate)
-        if item.skipped:
+        if o is None:
             candidate.status = f"skipped: {item.skipped}"
             continue
         try:
