@@ -10,7 +10,8 @@ import pytest
 
 from fsanet.api import evaluate_aflw2000, load
 from fsanet.convert.options import BuildOptions
-from fsanet.convert.pipeline import build, predictions
+from fsanet.convert.pipeline import build
+from fsanet.convert.sources import predictions
 from fsanet.core.errors import FsanetError
 from fsanet.core.machine import this_machine
 from fsanet.engine.pose import PoseEngine

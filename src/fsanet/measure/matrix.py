@@ -11,8 +11,9 @@ import numpy as np
 
 from fsanet.assets.aflw2000 import load_aflw2000
 from fsanet.convert.options import BuildOptions
-from fsanet.convert.pipeline import build, fused_predictions
+from fsanet.convert.pipeline import build
 from fsanet.convert.precision import CALIBRATION_METHODS, PRECISIONS
+from fsanet.convert.sources import fused_predictions
 from fsanet.core import progress
 from fsanet.core.errors import FsanetError
 from fsanet.core.files import atomic_path
