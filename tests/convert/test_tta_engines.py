@@ -164,7 +164,8 @@ def test_predict_takes_tta(flip_artifact, flip_engine, shared, tmp_path, run_cli
 
 def test_end_to_end_with_flip_beats_the_plain_pipeline(flip_engine):
     from fsanet.faces.estimator import HeadPoseEstimator
-    from fsanet.measure.endtoend import E2E_SCORE_THRESHOLD, evaluate_end_to_end
+    from fsanet.faces.options import E2E_SCORE_THRESHOLD
+    from fsanet.measure.endtoend import evaluate_end_to_end
 
     estimator = HeadPoseEstimator(flip_engine, score_threshold=E2E_SCORE_THRESHOLD)
     report = evaluate_end_to_end(estimator)

@@ -8,7 +8,8 @@ import pytest
 
 from fsanet.engine.pose import PoseEngine
 from fsanet.faces.estimator import HeadPoseEstimator
-from fsanet.measure.endtoend import E2E_SCORE_THRESHOLD, evaluate_end_to_end
+from fsanet.faces.options import E2E_SCORE_THRESHOLD
+from fsanet.measure.endtoend import evaluate_end_to_end
 
 pytestmark = pytest.mark.real
 

@@ -8,14 +8,14 @@ import numpy as np
 
 from fsanet.core.errors import FsanetError
 from fsanet.faces.face import Face, Faces, faces_from
-from fsanet.faces.vision.crop import CROP_RULES, DEFAULT_RULE, MARGIN, crop_faces
+from fsanet.faces.options import CROP_RULES, DEFAULT_RULE, MAX_FACES, SCORE_THRESHOLD
+from fsanet.faces.vision.crop import MARGIN, crop_faces
 from fsanet.faces.vision.detect import Detection, Detector, YuNet, check_image
 from fsanet.faces.vision.draw import draw_face
 
 if TYPE_CHECKING:
     from fsanet.engine.pose import PoseEngine
 
-MAX_FACES = 256  # faces per image sent to the engine, best score first (the server's too)
 
 
 class HeadPoseEstimator:
@@ -36,7 +36,7 @@ class HeadPoseEstimator:
         crop: str = DEFAULT_RULE,
         margin: float = MARGIN,
         normalize: bool = False,
-        score_threshold: float = 0.5,
+        score_threshold: float = SCORE_THRESHOLD,
         max_faces: int = MAX_FACES,
         mirror: str | None = None,
     ) -> None:

@@ -39,6 +39,7 @@ from fsanet.core.files import (
 )
 from fsanet.faces.estimator import HeadPoseEstimator, annotate
 from fsanet.faces.face import Face, Faces
+from fsanet.faces.options import MAX_PIXELS
 from fsanet.faces.tracking import OneEuro
 from fsanet.faces.video import (
     FaceStages,
@@ -57,7 +58,6 @@ IMAGE_SUFFIXES = frozenset(
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
 )
-MAX_PIXELS = 40_000_000  # larger images are refused, before decoding where the header says
 
 
 # --- sources -------------------------------------------------------------------------------

@@ -30,10 +30,6 @@ from fsanet.faces.estimator import HeadPoseEstimator
 from fsanet.measure.evaluate import AxisErrors
 
 _RULE = "-" * 80
-# Each photo holds one labelled face, so its best detection is taken whatever its score.
-# Any floor below every photo's best score gives the same result; 0.1 just keeps YuNet's
-# NMS from sorting thousands of empty anchors (threshold 0 runs 3x slower, same numbers).
-E2E_SCORE_THRESHOLD = 0.1
 
 
 @dataclass(frozen=True)

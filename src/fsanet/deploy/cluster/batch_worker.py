@@ -19,7 +19,8 @@ import numpy as np
 
 from fsanet.deploy.cluster.transfer import Package, scratch_folder, unpack
 from fsanet.engine.artifact import Artifact
-from fsanet.faces.estimator import MAX_FACES, HeadPoseEstimator
+from fsanet.faces.estimator import HeadPoseEstimator
+from fsanet.faces.options import DEFAULT_RULE, MAX_FACES, SCORE_THRESHOLD
 from fsanet.faces.predict import (
     MAX_PIXELS,
     PredictSummary,
@@ -31,7 +32,7 @@ from fsanet.faces.predict import (
 )
 from fsanet.faces.tracking import OneEuro
 from fsanet.faces.video import VideoOptions
-from fsanet.faces.vision.crop import DEFAULT_RULE, MARGIN
+from fsanet.faces.vision.crop import MARGIN
 
 NOTES = ("failed", "truncated", "incomplete")  # PredictSummary's lists, carried back per file
 
@@ -43,7 +44,7 @@ class WorkerOptions:
     crop: str = DEFAULT_RULE
     margin: float = MARGIN
     normalize: bool = False
-    score_threshold: float = 0.5
+    score_threshold: float = SCORE_THRESHOLD
     max_faces: int = MAX_FACES
     max_pixels: int = MAX_PIXELS
     max_frames: int | None = None

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from fsanet.core.errors import FsanetError
+from fsanet.faces.options import SCORE_THRESHOLD
 
 # Autoscaling targets: requests a replica holds at once before Ray adds one. A pose request
 # is a whole batch, so one running and one waiting keeps a replica busy; a detector replica
@@ -91,7 +92,7 @@ class FaceOptions:
     """Face detection for `POST /v1/pose`: YuNet's threshold and the crop rule (the same
     defaults as `HeadPoseEstimator`, which single-process `fsanet serve` uses)."""
 
-    score_threshold: float = 0.5
+    score_threshold: float = SCORE_THRESHOLD
     crop: str = "thirds"  # fsanet.faces.vision.crop.DEFAULT_RULE
     margin: float = 0.6  # fsanet.faces.vision.crop.MARGIN
     normalize: bool = False

@@ -10,30 +10,10 @@ own; times are in seconds, so the filter is right at any frame rate.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fsanet.core.errors import FsanetError
-
-
-@dataclass(frozen=True)
-class OneEuro:
-    """Parameters; the defaults were chosen on the real clips (docs/VIDEO.md)."""
-
-    min_cutoff: float = 0.5  # Hz: smoothing of a still head (lower: smoother, more lag)
-    beta: float = 0.02  # Hz per degree/s: how fast the cutoff opens during a turn
-    d_cutoff: float = 1.0  # Hz: smoothing of the speed estimate
-
-    def __post_init__(self) -> None:
-        if self.min_cutoff <= 0 or self.d_cutoff <= 0 or self.beta < 0:
-            raise FsanetError(
-                f"One Euro parameters must be positive (min_cutoff {self.min_cutoff}, "
-                f"beta {self.beta}, d_cutoff {self.d_cutoff})"
-            )
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+from fsanet.faces.options import OneEuro
 
 
 def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:

@@ -1,6 +1,7 @@
 """Video through a pipeline: decode, detection and pose overlapping across the cores."""
 
-from fsanet.faces.video.cuts import CUT_THRESHOLD, SceneCuts
+from fsanet.faces.options import CUT_THRESHOLD
+from fsanet.faces.video.cuts import SceneCuts
 from fsanet.faces.video.handoff import Bounded, Closed, Latest, background, ordered_map
 from fsanet.faces.video.run import (
     STAGES,

@@ -12,7 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-CUT_THRESHOLD = 20.0  # grey levels: between the largest in-shot change (13.6) and a cut (27.7)
+from fsanet.faces.options import CUT_THRESHOLD
+
 THUMBNAIL = (64, 36)  # width, height: enough for a shot's layout, cheap (~0.2 ms at 720p)
 
 

@@ -23,10 +23,8 @@ import numpy as np
 from fsanet.assets.type1 import MARGIN, Box, crop_box
 from fsanet.assets.zoo import INPUT_SIZE
 from fsanet.core.errors import FsanetError
+from fsanet.faces.options import CROP_RULES, DEFAULT_RULE
 from fsanet.faces.vision.detect import Detection
-
-CROP_RULES = ("thirds", "landmarks", "demo")
-DEFAULT_RULE = "thirds"
 
 # Average adult face in millimetres, x to the image right, y down, origin between the
 # pupils (interpupillary ~62, pupil to nose tip ~42, mouth width ~50, pupil to mouth

@@ -21,6 +21,7 @@ import numpy as np
 from fsanet.assets.fetch import fetch
 from fsanet.assets.zoo import YUNET
 from fsanet.core.errors import FsanetError, InputError
+from fsanet.faces.options import SCORE_THRESHOLD
 
 RUNTIMES = ("onnxruntime", "opencv")
 STRIDES = (8, 16, 32)  # YuNet's three heads; its input sides are padded to the largest
@@ -76,7 +77,7 @@ class YuNet:
         self,
         model: str | Path | None = None,
         *,
-        score_threshold: float = 0.5,
+        score_threshold: float = SCORE_THRESHOLD,
         nms_threshold: float = 0.3,
         top_k: int = 5000,
         max_side: int = 1280,
