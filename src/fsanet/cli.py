@@ -423,6 +423,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         header_timeout_s=args.header_timeout,
         keep_alive_s=args.keep_alive,
         max_header_bytes=args.max_header_kb * 1024,
+        tls_handshake_timeout_s=args.tls_handshake_timeout,
+        forwarded_allow_ips=tuple(args.forwarded_allow_ips),
         api_key=read_api_key(args.api_key_file),
         docs=args.docs,
         rate_limit=args.rate_limit,
@@ -851,32 +853,72 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
     _add_detect_options(p)
 
 
+def _limit(
+    kind: type[int] | type[float], least: float, name: str, unit: float = 1.0, above: bool = False
+) -> Callable[[str], Any]:
+    """The argparse type of a `serve` limit: as `_number`, at most the library's maximum for
+    the ServeConfig or Limits field `name` (`unit`: the option's unit in the field's, e.g.
+    1 MiB for --max-body-mb). The serve modules are imported only when the option is given."""
+
+    def parse(text: str) -> int | float:
+        from fsanet.deploy.serve.limits import maximum
+
+        return _number(kind, least, maximum(name) / unit, above=above)(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _args_serve(p: argparse.ArgumentParser) -> None:
     _add_engine_options(p, "fusion (default), capsule, var or noS")
     p.add_argument("--engine", metavar="DIR", help="an engine artifact directory to serve")
     p.add_argument("--threads", type=_positive, help="cores to use (default: all available)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port (8000; 0: any free port)")
-    p.add_argument("--max-batch", type=_positive, default=32, help="crops per engine call (32)")
+    p.add_argument(
+        "--max-batch",
+        type=_limit(int, 1, "max_batch"),
+        default=32,
+        help="crops per engine call (32)",
+    )
     p.add_argument(
         "--max-wait-ms",
-        type=_non_negative_float,
+        type=_limit(float, 0.0, "max_wait_ms"),
         default=5.0,
         help="how long the first request of a batch waits for others (5)",
     )
     p.add_argument(
-        "--max-body-mb", type=_positive_float, default=16.0, help="request body limit (16)"
+        "--max-body-mb",
+        type=_limit(float, 0.0, "max_body_bytes", 1024 * 1024, above=True),
+        default=16.0,
+        help="request body limit (16)",
     )
     p.add_argument(
-        "--max-pixels", type=_positive, default=40_000_000, help="image size limit (40000000)"
+        "--max-pixels",
+        type=_limit(int, 1, "max_pixels"),
+        default=40_000_000,
+        help="image size limit (40000000)",
     )
-    p.add_argument("--max-crops", type=_positive, default=256, help="crops per request (256)")
     p.add_argument(
-        "--max-queue", type=_positive, default=4096, help="crops waiting before 503 (4096)"
+        "--max-crops", type=_limit(int, 1, "max_crops"), default=256, help="crops per request (256)"
     )
-    p.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per request (30)")
     p.add_argument(
-        "--body-timeout", type=_positive_float, default=10.0, help="seconds to send a body (10)"
+        "--max-queue",
+        type=_limit(int, 1, "max_queue"),
+        default=4096,
+        help="crops waiting before 503 (4096)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_limit(float, 0.0, "request_timeout_s", above=True),
+        default=30.0,
+        help="seconds per request (30)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=_limit(float, 0.0, "body_timeout_s", above=True),
+        default=10.0,
+        help="seconds to send a body (10)",
     )
     p.add_argument(
         "--score-threshold", type=_fraction, default=0.5, help="face detector threshold (0.5)"
@@ -885,27 +927,39 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument(
         "--max-inflight-mb",
-        type=_positive_float,
+        type=_limit(float, 0.0, "max_inflight_mb", above=True),
         help="memory for requests in flight; past it they wait or get 503 (default: the "
         "machine's memory / 24, at most 1024)",
     )
     p.add_argument(
-        "--max-waiting", type=_positive, default=64, help="requests waiting for memory (64)"
+        "--max-waiting",
+        type=_limit(int, 1, "max_waiting"),
+        default=64,
+        help="requests waiting for memory (64)",
     )
     p.add_argument(
         "--max-connections",
-        type=_positive,
+        type=_limit(int, 1, "max_connections"),
         help="open connections; past it the oldest idle one is closed (default: the open-file "
         "limit - 64, at most 1024)",
     )
     p.add_argument(
-        "--header-timeout", type=_positive_float, default=10.0, help="seconds to send headers (10)"
+        "--header-timeout",
+        type=_limit(float, 0.0, "header_timeout_s", above=True),
+        default=10.0,
+        help="seconds to send headers (10)",
     )
     p.add_argument(
-        "--keep-alive", type=_positive_float, default=5.0, help="idle keep-alive seconds (5)"
+        "--keep-alive",
+        type=_limit(float, 0.0, "keep_alive_s", above=True),
+        default=5.0,
+        help="idle keep-alive seconds (5)",
     )
     p.add_argument(
-        "--max-header-kb", type=_positive, default=64, help="request header size limit (64)"
+        "--max-header-kb",
+        type=_limit(int, 1, "max_header_bytes", 1024),
+        default=64,
+        help="request header size limit (64)",
     )
     p.add_argument(
         "--api-key-file",
@@ -915,19 +969,34 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--docs", action="store_true", help="serve /docs and /redoc (Swagger UI)")
     p.add_argument(
         "--rate-limit",
-        type=_positive_float,
+        type=_limit(float, 0.0, "rate_limit", above=True),
         metavar="RPS",
         help="requests per second per client address; past it 429 (default: no limit)",
     )
     p.add_argument(
         "--rate-burst",
-        type=_positive,
+        type=_limit(int, 1, "rate_burst"),
         metavar="N",
         help="requests a client may send at once under --rate-limit (default: one second's)",
     )
     p.add_argument("--ssl-certfile", metavar="FILE", help="serve HTTPS: the PEM certificate chain")
     p.add_argument(
         "--ssl-keyfile", metavar="FILE", help="its private key (if not in the certificate file)"
+    )
+    p.add_argument(
+        "--tls-handshake-timeout",
+        type=_limit(float, 0.0, "tls_handshake_timeout_s", above=True),
+        default=5.0,
+        help="seconds for a client to finish the TLS handshake (5); until then its socket "
+        "counts against --max-connections and is the first closed when they run out",
+    )
+    p.add_argument(
+        "--forwarded-allow-ips",
+        type=_csv,
+        default=(),
+        metavar="ADDR[,ADDR...]",
+        help="proxies whose X-Forwarded-For is believed (addresses, networks or *; default: "
+        "none, so the rate limit keys on the connection's address)",
     )
 
     def replicas(text: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -177,9 +178,11 @@ def start_config_server(
     folder: Path,
     env: dict[str, str] | None = None,
     nofile: int | None = None,
+    verify: ssl.SSLContext | bool = True,
     **options: object,
 ) -> Server:
-    """`nofile`: the server's open-file limit (as `ulimit -n`)."""
+    """`nofile`: the server's open-file limit (as `ulimit -n`); `verify`: what an HTTPS
+    client trusts (with `ssl_certfile` in the options)."""
     import json
     import os
     import resource
@@ -202,13 +205,15 @@ def start_config_server(
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline and proc.poll() is None:
-        match = re.search(r"http://127\.0\.0\.1:(\d+)", out.read_text())
+        match = re.search(r"(https?)://127\.0\.0\.1:(\d+)", out.read_text())
         if match:
-            port = int(match.group(1))
-            server = Server(proc, f"http://127.0.0.1:{port}", port, log, out)
+            port = int(match.group(2))
+            url = f"{match.group(1)}://127.0.0.1:{port}"
+            server = Server(proc, url, port, log, out, verify=verify)
             while time.monotonic() < deadline and proc.poll() is None:
                 try:
-                    if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                    ready = httpx.get(f"{server.url}/readyz", timeout=2, verify=verify)
+                    if ready.status_code == 200:
                         return server
                 except httpx.TransportError:
                     pass
@@ -226,11 +231,14 @@ def config_server(fusion_artifact: Artifact, tmp_path: Path) -> Iterator[Callabl
     started: list[Server] = []
 
     def make(
-        env: dict[str, str] | None = None, nofile: int | None = None, **options: object
+        env: dict[str, str] | None = None,
+        nofile: int | None = None,
+        verify: ssl.SSLContext | bool = True,
+        **options: object,
     ) -> Server:
         folder = tmp_path / f"server{len(started)}"
         folder.mkdir()
-        srv = start_config_server(fusion_artifact, folder, env, nofile, **options)
+        srv = start_config_server(fusion_artifact, folder, env, nofile, verify, **options)
         started.append(srv)
         return srv
 
@@ -269,3 +277,19 @@ def release_jpeg(shared: Path, name: str = "image00002.jpg") -> bytes:
 @pytest.fixture(scope="session")
 def face_jpeg(shared: Path) -> bytes:
     return release_jpeg(shared)
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (openssl; EC keys are quick)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return cert, key

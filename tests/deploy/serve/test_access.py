@@ -3,11 +3,8 @@ per-client request-rate limit (token buckets, 429 with Retry-After, counted in /
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,22 +17,6 @@ from fsanet.deploy.serve.ratelimit import TokenBuckets
 NPY = {"content-type": "application/x-npy"}
 GOOD = np.full((1, 64, 64, 3), 100, np.uint8)
 LIMITED = 'fsanet_rejected_total{reason="rate_limited"}'
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key (openssl; EC keys are quick)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
-    return cert, key
 
 
 def test_https_and_the_rate_limit_from_the_command_line(make_server, certificate):
@@ -111,6 +92,14 @@ def test_token_buckets_burst_refill_and_stay_bounded():
         ({"rate_burst": 4}, "needs a rate limit"),
         ({"rate_limit": 1.0, "rate_burst": 0}, "rate burst"),
         ({"ssl_keyfile": "key.pem"}, "needs a certificate"),
+        ({"forwarded_allow_ips": ("10.0.0.0/8", "proxy.local")}, "'proxy.local' is not an IP"),
+        ({"tls_handshake_timeout_s": 0.0}, "TLS handshake timeout must be positive"),
+        # Past a sane maximum a value is a typo that switches the limit off.
+        ({"max_inflight_mb": 1e12}, "max_inflight_mb must be at most"),
+        ({"max_header_bytes": 2**30}, "max_header_bytes must be at most 1048576"),
+        ({"tls_handshake_timeout_s": 600.0}, "tls_handshake_timeout_s must be at most 60"),
+        ({"max_connections": 10**6}, "max_connections must be at most 65536"),
+        ({"rate_limit": 1e9}, "rate_limit must be at most 1000000, got 1000000000"),
     ],
 )
 def test_access_options_are_checked(options, message):
@@ -134,3 +123,68 @@ def test_bad_certificates_are_one_line_errors(certificate, tmp_path, run_cli, fu
     lines = [x for x in result.stderr.splitlines() if not x.startswith("IMPORTED=")]
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert "TLS: cannot use the certificate and key" in lines[0] and str(garbage) in lines[0]
+
+
+def test_forwarded_headers_are_believed_only_from_the_allowed_proxies(config_server):
+    def statuses(srv, transport=None) -> list[int]:
+        with httpx.Client(base_url=srv.url, timeout=10, transport=transport) as client:
+            return [
+                client.get("/metrics", headers={"x-forwarded-for": f"10.1.2.{i}"}).status_code
+                for i in range(4)
+            ]
+
+    # By default nobody's: a new X-Forwarded-For on each request does not escape the limit.
+    plain = config_server(rate_limit=1.0, rate_burst=2)
+    assert statuses(plain) == [200, 200, 429, 429]
+    # Believed from 127.0.0.1 only: each forwarded address has its own bucket...
+    proxied = config_server(rate_limit=1.0, rate_burst=2, forwarded_allow_ips=["127.0.0.1"])
+    assert statuses(proxied) == [200] * 4
+    # ... and from another address the header is ignored.
+    assert statuses(proxied, _from("127.0.0.2")) == [200, 200, 429, 429]
+    _, log = proxied.stop()
+    assert "proxy headers believed from 127.0.0.1" in log
+
+
+def test_empty_api_keys_and_limits_past_their_maximum_are_one_line_errors(
+    cli_command, tmp_path, monkeypatch
+):
+    import os
+    import subprocess
+
+    from fsanet.deploy.serve.auth import read_api_key
+
+    monkeypatch.setenv("FSANET_API_KEY", " ")
+    with pytest.raises(FsanetError, match="FSANET_API_KEY is set but empty"):
+        read_api_key()
+    monkeypatch.delenv("FSANET_API_KEY")
+    assert read_api_key() is None  # not set: no auth, as documented
+    empty = tmp_path / "key"
+    empty.write_text("\n")
+    with pytest.raises(FsanetError, match="is empty"):
+        read_api_key(empty)
+
+    def serve(*options: str, env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+        result = subprocess.run(
+            [*cli_command, "serve", "--port", "0", *options],
+            capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        return result.returncode, [
+            x for x in result.stderr.splitlines() if not x.startswith("IMPORTED=")
+        ]
+
+    code, lines = serve(env={"FSANET_API_KEY": ""})
+    assert code == 1 and lines == [
+        "fsanet: error: $FSANET_API_KEY is set but empty (unset it to serve without a key)"
+    ]
+    for option, value, most in [
+        ("--max-inflight-mb", "1e12", None),
+        ("--max-header-kb", "1000000", "1024"),
+        ("--max-crops", "1000000000", "4096"),
+        ("--max-body-mb", "1e6", "1024"),
+        ("--max-pixels", "10000000000", "1e+09"),
+        ("--tls-handshake-timeout", "3600", "60"),
+        ("--rate-limit", "1e9", "1e+06"),
+    ]:
+        code, lines = serve(option, value)
+        assert code == 2 and len(lines) == 1, lines
+        assert f"argument {option}: must be at most {most or ''}" in lines[0]

@@ -85,3 +85,34 @@ def test_a_cancelled_waiter_lets_the_next_one_in():
 
 def test_default_budget_is_bounded():
     assert 64 <= default_inflight_mb() <= 1024
+
+
+def test_a_reservation_resizes_and_a_growing_one_goes_first():
+    async def main() -> None:
+        budget = MemoryBudget(100, max_waiting=1, wait_s=5)
+        order: list[str] = []
+        async with budget.reserve(40) as held:
+            await held.resize(10)  # the image is freed: 30 back at once
+            assert budget.used == 10 and held.nbytes == 10
+            await budget.acquire(90)  # the budget is full now
+            newcomer = asyncio.ensure_future(budget.acquire(20))  # fills the waiting queue
+            await asyncio.sleep(0.01)
+
+            async def grow() -> None:  # its faces need more: not refused for the full queue
+                await held.resize(30)
+                order.append("grown")
+
+            growing = asyncio.ensure_future(grow())
+            newcomer.add_done_callback(lambda _: order.append("newcomer"))
+            await asyncio.sleep(0.01)
+            assert budget.waiting == 2 and not growing.done()
+            budget.release(90)  # both fit now: the growing request is served first
+            await asyncio.gather(growing, newcomer)
+            assert order == ["grown", "newcomer"] and budget.used == 50
+            with pytest.raises(OverBudget, match="more than") as e:
+                await held.resize(101)
+            assert e.value.status == 413 and held.nbytes == 30
+        budget.release(20)
+        assert budget.used == 0 and budget.peak == 100  # the most ever held: never above 100
+
+    run(main())

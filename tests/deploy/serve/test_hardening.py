@@ -212,6 +212,12 @@ def test_startup_lines_show_the_limits_and_warn_on_open_hosts():
     text = "\n".join(startup_lines("fusion", config, faces=False, host="127.0.0.1"))
     for part in ("512 MB", "<= 100 connections", "headers 7 s", "auth off", "docs off"):
         assert part in text
+    assert "TLS off; proxy headers believed from nobody" in text
+    tls = ServeConfig(
+        ssl_certfile="c.pem", tls_handshake_timeout_s=3, forwarded_allow_ips=("10.0.0.0/8",)
+    )
+    text = "\n".join(startup_lines("fusion", tls, faces=False, host="127.0.0.1"))
+    assert "TLS on (handshake 3 s); proxy headers believed from 10.0.0.0/8" in text
     assert "warning" not in text
     assert "warning" in startup_lines("fusion", config, faces=False, host="0.0.0.0")[-1]
     keyed = ServeConfig(api_key="k" * 20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 
@@ -16,6 +17,7 @@ from fsanet.deploy.serve.limits import (
     check_crops,
     decode_image,
     image_size,
+    maximum,
     parse_crops_json,
     parse_npy,
 )
@@ -214,3 +216,41 @@ def test_limits_refuse_nan_and_non_positive(options):
 
     with pytest.raises(FsanetError, match="must be positive"):
         Limits(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_crops": 10**9}, "max_crops must be at most 4096, got 1000000000"),
+        ({"max_body_bytes": 2**40}, "max_body_bytes must be at most 1073741824"),
+        ({"max_pixels": 10**10}, "max_pixels must be at most 1000000000"),
+        ({"max_queue": 10**7}, "max_queue must be at most 65536"),
+        ({"request_timeout_s": 1e6}, "request_timeout_s must be at most 3600"),
+    ],
+)
+def test_limits_refuse_values_past_their_maximum(options, message):
+    from fsanet.core.errors import FsanetError
+
+    with pytest.raises(FsanetError, match=message):
+        Limits(**options)
+    Limits(**{k: maximum(k) for k in options})  # the maximum itself is fine
+
+
+def test_ragged_json_crops_are_explained_as_ragged():
+    crop = json.dumps(np.full((64, 64, 3), 7).tolist())
+    ragged = [
+        b'{"crops": [[[[1, 2, 3]]], [[1]]]}',  # crops nested to different depths
+        b'{"crops": [[[1, 2, 3]], [[1]]]}',  # one crop, rows of different lengths
+        b'{"crops": [1, [[[1, 2, 3]]]]}',  # a number where a crop should be
+        ('{"crops": [' + crop + ", " + crop + ", 5]}").encode(),
+        b'{"crops": [[[1, 2], [1]]], "x": 1}',  # the small-body path
+    ]
+    for body in ragged:
+        with pytest.raises(HttpError, match="ragged") as e:
+            parse_crops_json(body)
+        assert e.value.status == 422 and "valid JSON" not in e.value.message
+    broken = [('{"crops": [' + crop + ",, " + crop + "]}").encode(), b'{"crops": [[[1, 2, 3]]]']
+    for body in broken:
+        with pytest.raises(HttpError, match="not valid JSON") as e:  # broken JSON stays 400
+            parse_crops_json(body)
+        assert e.value.status == 400

@@ -174,3 +174,40 @@ def test_idle_and_partial_sockets_under_a_low_file_limit(config_server):
     assert max(closed_after) < timeout + 3  # opening 300 sockets takes a moment too
     assert evicted >= 300 - 192
     assert srv.proc.poll() is None
+
+
+def test_small_photos_reserve_what_they_need_not_the_worst_case(config_server, face_jpeg):
+    """Each request reserves its decoded image, then its faces' crops: not `max_crops` crops
+    (15.7 MB) whatever the photo holds, which refused most of these with memory free."""
+    from fsanet.deploy.serve.app import CROP_BYTES
+
+    budget_mb, clients, each = 48, 32, 3
+    image = 450 * 450 * 3  # the photo, decoded
+    worst_case = len(face_jpeg) + 2 * image + 256 * (CROP_BYTES + CROP_BYTES // 4)
+    assert clients * worst_case > 2 * budget_mb * MB  # reserved so, most would wait or 503
+    srv = config_server(faces=True, max_inflight_mb=budget_mb, max_waiting=4)
+    answers: list[tuple[int, int]] = []  # (status, faces)
+
+    def client() -> None:
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            for _ in range(each):
+                response = http.post(
+                    "/v1/pose", content=face_jpeg, headers={"content-type": "image/jpeg"}
+                )
+                ok = response.status_code == 200
+                answers.append((response.status_code, response.json()["count"] if ok else 0))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    peak = srv.metric("fsanet_memory_in_flight_peak_bytes")
+    statuses = Counter(status for status, _ in answers)
+    print(
+        f"\n{clients} clients x {each} 450x450 photos, {budget_mb} MB budget: {dict(statuses)};"
+        f" peak reserved {peak / MB:.1f} MB"
+    )
+    assert answers == [(200, 1)] * (clients * each)
+    assert 0 < peak <= budget_mb * MB
+    assert srv.metric("fsanet_memory_in_flight_bytes") == 0

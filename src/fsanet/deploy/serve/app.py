@@ -16,6 +16,7 @@ import math
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -56,6 +57,7 @@ from fsanet.deploy.serve.limits import (
     decode_image,
     media_type,
     not_positive,
+    over_maximum,
     parse_crops_json,
     parse_npy,
     read_body,
@@ -69,8 +71,14 @@ from fsanet.deploy.serve.openapi import (
     body,
     responses,
 )
-from fsanet.deploy.serve.protocol import PARSER_ERROR, default_max_connections, limited_protocol
+from fsanet.deploy.serve.protocol import (
+    PARSER_ERROR,
+    LimitedHttpProtocol,
+    default_max_connections,
+    limited_protocol,
+)
 from fsanet.deploy.serve.ratelimit import RateLimit, TokenBuckets
+from fsanet.deploy.serve.tls import server_context, tls_protocol
 
 if TYPE_CHECKING:
     from fsanet.engine.pose import PoseEngine
@@ -81,6 +89,7 @@ ENDPOINTS = ("/v1/pose", "/v1/pose/crops", "/healthz", "/readyz", "/metrics")
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
 REQUEST_ID = "fsanet.request_id"  # scope key; also sent back as the x-request-id header
 CROP_BYTES = 64 * 64 * 3 * 4  # one float32 crop
+FACE_BYTES = CROP_BYTES + CROP_BYTES // 4  # a face found in an image: its uint8 and float32 crops
 log = logging.getLogger("uvicorn.error")  # uvicorn's handler and format
 
 
@@ -104,6 +113,12 @@ class ServeConfig:
     header_timeout_s: float = 10.0
     keep_alive_s: float = 5.0
     max_header_bytes: int = 64 * 1024
+    # TLS: a client must finish its handshake within this; until then its socket counts
+    # against `max_connections` and is the first closed when they run out.
+    tls_handshake_timeout_s: float = 5.0
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses, networks or
+    # "*"); from anyone else they are ignored, so the rate limit keys on the real peer.
+    forwarded_allow_ips: tuple[str, ...] = ()
     api_key: str | None = field(default=None, repr=False)  # bearer token; None: no auth
     docs: bool = False  # /docs and /redoc (Swagger UI loads its assets from a CDN)
     # Per client address: `rate_limit` requests per second on average, `rate_burst` at once
@@ -124,7 +139,18 @@ class ServeConfig:
             ("header timeout", self.header_timeout_s),
             ("keep-alive timeout", self.keep_alive_s),
             ("header size limit", self.max_header_bytes),
+            ("TLS handshake timeout", self.tls_handshake_timeout_s),
         )
+        problems += over_maximum(
+            self, "max_batch", "max_wait_ms", "graceful_timeout_s", "max_inflight_mb",
+            "max_waiting", "max_connections", "header_timeout_s", "keep_alive_s",
+            "max_header_bytes", "tls_handshake_timeout_s", "rate_limit", "rate_burst",
+        )  # fmt: skip
+        problems += [
+            f"forwarded_allow_ips: {x!r} is not an IP address or network"
+            for x in self.forwarded_allow_ips
+            if not _is_network(x)
+        ]
         if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
             problems.append(f"max wait must be 0 or more, got {self.max_wait_ms:g} ms")
         if not (self.graceful_timeout_s >= 0 and math.isfinite(self.graceful_timeout_s)):
@@ -216,6 +242,7 @@ class PoseService:
             lambda: self.in_flight,
             lambda: self.budget.used,
             lambda: self.budget.waiting,
+            lambda: self.budget.peak,
         )
         self.batcher.metrics = self.metrics
         # Detection and decoding are CPU work too: off the event loop, on every core (one
@@ -454,20 +481,25 @@ def create_app(
             data = await loop.run_in_executor(None, _multipart_image, request.scope, body)
         # The header walk of a JPEG can take a while for hostile ones: not on the event loop.
         width, height = await loop.run_in_executor(service.vision, checked_image_size, data, limits)
-        # The decoded image, then the crops: reserved before decoding, the image's part given
-        # back once the faces are cropped. The image counts twice: OpenCV's decoder holds a
-        # second full-size buffer at its peak (+217 MB for a 113 MB 7200x5500 JPEG).
-        image_cost = width * height * 3 * 2
-        crops_cost = limits.max_crops * (CROP_BYTES + CROP_BYTES // 4)
-        async with service.budget.reserve(len(body) + image_cost + crops_cost) as held:
+        # Reserved step by step, each before its allocations: the body and the decoded image,
+        # counted twice (OpenCV's decoder holds a second full-size buffer at its peak: +217 MB
+        # for a 113 MB 7200x5500 JPEG); then the crops of the faces found, not of `max_crops`.
+        image = width * height * 3
+        async with service.budget.reserve(len(body) + 2 * image) as held:
             if service.remote is not None and service.remote.detect is not None:
                 detections, crops, total = await service.remote.detect(data)
             else:
                 assert service.estimator is not None
-                detections, crops, total = await loop.run_in_executor(
-                    service.vision, decode_and_detect, data, limits, service.estimator
+                decoded, detections, total = await loop.run_in_executor(
+                    service.vision, decode_and_find, data, limits, service.estimator
                 )
-            held.shrink(image_cost)
+                # The image stays until its faces are cropped.
+                await held.resize(len(body) + image + len(detections) * FACE_BYTES)
+                crops = await loop.run_in_executor(
+                    service.vision, crop_found, decoded, detections, service.estimator
+                )
+                del decoded
+            await held.resize(len(body) + len(detections) * FACE_BYTES)
             faces = []
             if detections:
                 # All faces of the image go to the batcher as one submission.
@@ -547,14 +579,24 @@ def _parse_crops_json(body: bytes, limits: Limits) -> np.ndarray:
 def decode_and_detect(data: bytes, limits: Limits, estimator: FaceCropper) -> Detected:
     """One job: the decoded image never waits in a queue, and is freed when it returns.
     Returns the kept detections, their crops and how many faces were found."""
-    from fsanet.faces.vision.crop import crop_faces
+    image, detections, total = decode_and_find(data, limits, estimator)
+    return detections, crop_found(image, detections, estimator), total
 
+
+def decode_and_find(
+    data: bytes, limits: Limits, estimator: FaceCropper
+) -> tuple[np.ndarray, list[Any], int]:
+    """The decoded image, the detections kept and how many faces were found."""
     image = decode_image(data, limits)
     # Best score first; keep at most `max_crops` faces so one image cannot flood the engine.
     found = estimator.detector.detect(image)
-    detections = found[: limits.max_crops]
-    crops = crop_faces(image, detections, estimator.crop, estimator.margin, estimator.normalize)
-    return detections, crops, len(found)
+    return image, found[: limits.max_crops], len(found)
+
+
+def crop_found(image: np.ndarray, detections: list[Any], estimator: FaceCropper) -> np.ndarray:
+    from fsanet.faces.vision.crop import crop_faces
+
+    return crop_faces(image, detections, estimator.crop, estimator.margin, estimator.normalize)
 
 
 def _faces(detections: list[Any], angles: np.ndarray) -> list[Any]:
@@ -564,6 +606,10 @@ def _faces(detections: list[Any], angles: np.ndarray) -> list[Any]:
 
 
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, protocol: type[LimitedHttpProtocol]) -> None:
+        super().__init__(config)
+        self.protocol = protocol  # the connections' shared state (handshakes, draining)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         """uvicorn's handlers (SIGINT/SIGTERM start a graceful shutdown), without re-raising
@@ -578,6 +624,51 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's, with nothing reset: connections the kernel has accepted but the server
+        not yet taken (closing the listening socket would reset them) are taken in, requests
+        that arrive on open connections are answered (LimitedHttpProtocol.shutdown), and TLS
+        handshakes under way may finish (each within the handshake timeout)."""
+        shared = self.protocol.shared
+        shared.draining = True
+        backlog = [conn for sock in sockets or [] for conn in _accept_all(sock)]
+        for server in self.servers:  # right after: new connections are refused from here on
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        loop = asyncio.get_running_loop()
+        for conn in backlog:
+            try:
+                await loop.connect_accepted_socket(self._new_protocol, conn)
+            except OSError:  # the client has gone already
+                conn.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        while shared.handshaking and not self.force_exit:
+            await asyncio.sleep(0.05)
+        await super().shutdown(sockets)
+
+    def _new_protocol(self) -> asyncio.BaseProtocol:
+        """What uvicorn's server makes for each connection it accepts."""
+        make: Any = self.config.http_protocol_class
+        return make(
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+
+
+def _accept_all(sock: socket.socket, most: int = 4096) -> list[socket.socket]:
+    """The connections waiting in a listening socket's backlog (without waiting for more)."""
+    sock.setblocking(False)
+    accepted = []
+    for _ in range(most):
+        try:
+            conn, _ = sock.accept()
+        except OSError:  # the backlog is empty (BlockingIOError), or no file descriptor is left
+            break
+        conn.setblocking(False)
+        accepted.append(conn)
+    return accepted
 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -608,7 +699,7 @@ def serve(
     config = config or ServeConfig()
     if remote is None:  # remote replicas warm up their own engines
         engine.warm_up(config.max_batch)  # before listening: no request waits for it
-    check_tls(config)  # a bad certificate or key: one line now, not a traceback in uvicorn
+    context = tls_context(config)  # a bad certificate or key: one line now, not in uvicorn
     app = create_app(engine, config, estimator, remote)
     sock = listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
@@ -623,18 +714,22 @@ def serve(
         header_timeout_s=config.header_timeout_s,
         max_connections=config.max_connections,
         metrics=service.metrics,
+        tls_handshake_timeout_s=config.tls_handshake_timeout_s,
     )
     server = _Server(
         uvicorn.Config(
             app,
-            http=protocol,
+            # TLS is ours, not uvicorn's: see fsanet.deploy.serve.tls.
+            http=protocol if context is None else tls_protocol(protocol, context),  # type: ignore[arg-type]
             log_level="warning",
             access_log=config.access_log,
             timeout_graceful_shutdown=config.graceful_timeout_s,
             timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  (a float works)
-            ssl_certfile=config.ssl_certfile,
-            ssl_keyfile=config.ssl_keyfile,
-        )
+            # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise.
+            proxy_headers=bool(config.forwarded_allow_ips),
+            forwarded_allow_ips=list(config.forwarded_allow_ips),
+        ),
+        protocol,
     )
     if config.access_log:  # uvicorn set its access logger to log_level: it logs at INFO
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
@@ -643,14 +738,16 @@ def serve(
 
 
 def check_tls(config: ServeConfig) -> None:
-    """Load the certificate and key once, as uvicorn will, to refuse bad ones in one line."""
-    if config.ssl_certfile is None:
-        return
-    import ssl
+    """Load the certificate and key once, to refuse bad ones in one line."""
+    tls_context(config)
 
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+def tls_context(config: ServeConfig) -> ssl.SSLContext | None:
+    """The server's TLS context (None without a certificate), or a one-line FsanetError."""
+    if config.ssl_certfile is None:
+        return None
     try:
-        context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile)
+        return server_context(config.ssl_certfile, config.ssl_keyfile)
     except FileNotFoundError as e:
         raise FsanetError(f"TLS: {e.filename or config.ssl_certfile} does not exist") from None
     except OSError as e:  # ssl.SSLError is an OSError: a damaged file or a key not matching
@@ -673,7 +770,8 @@ def startup_lines(engine_name: str, config: ServeConfig, *, faces: bool, host: s
         f" headers <= {config.max_header_bytes // 1024} KiB; <= {config.max_connections}"
         f" connections; auth {'on' if config.api_key is not None else 'off'};"
         f" docs {'on' if config.docs else 'off'}",
-        f"  clients: rate {_rate(config)}; TLS {'on' if config.ssl_certfile else 'off'}",
+        f"  clients: rate {_rate(config)}; TLS {_tls(config)}; proxy headers believed from"
+        f" {', '.join(config.forwarded_allow_ips) or 'nobody'}",
     ]
     if config.api_key is None and not _is_loopback(host):
         lines.append(
@@ -683,11 +781,24 @@ def startup_lines(engine_name: str, config: ServeConfig, *, faces: bool, host: s
     return lines
 
 
+def _tls(config: ServeConfig) -> str:
+    if config.ssl_certfile is None:
+        return "off"
+    return f"on (handshake {config.tls_handshake_timeout_s:g} s)"
+
+
 def _rate(config: ServeConfig) -> str:
     if config.rate_limit is None:
         return "unlimited"
     burst = config.rate_burst or max(1, math.ceil(config.rate_limit))
     return f"<= {config.rate_limit:g} requests/s per address (bursts of {burst})"
+
+
+def _is_network(text: str) -> bool:
+    try:
+        return text == "*" or bool(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return False
 
 
 def _is_loopback(host: str) -> bool:

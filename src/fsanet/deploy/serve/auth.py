@@ -21,7 +21,8 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes stay open: they reveal
 
 def read_api_key(path: str | os.PathLike[str] | None = None) -> str | None:
     """The key from `path` (stripped of surrounding white space), else from $FSANET_API_KEY,
-    else None (no auth)."""
+    else None (no auth). An empty key is an error: read as "no auth", a typo or a secret that
+    failed to load would leave the server open."""
     if path is not None:
         try:
             key = Path(path).read_text(encoding="utf-8").strip()
@@ -30,9 +31,12 @@ def read_api_key(path: str | os.PathLike[str] | None = None) -> str | None:
         if not key:
             raise FsanetError(f"the API key file {path} is empty")
     else:
-        key = os.environ.get(API_KEY_ENV, "").strip()
-        if not key:
+        value = os.environ.get(API_KEY_ENV)
+        if value is None:
             return None
+        key = value.strip()
+        if not key:
+            raise FsanetError(f"${API_KEY_ENV} is set but empty (unset it to serve without a key)")
     if not key.isascii() or not key.isprintable() or " " in key:
         raise FsanetError("the API key must be printable ASCII without spaces")
     return key

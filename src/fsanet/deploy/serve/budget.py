@@ -1,8 +1,9 @@
 """Admission control: the memory that requests in flight hold, counted against a budget.
 
 A request reserves what it will hold (its body, the decoded image, its crops) once that is
-known from the headers and before the big allocations happen. Over budget it waits, first
-come first served, in a bounded queue and for a bounded time; past either it gets 503 with
+known and before the big allocations happen, and resizes its reservation as it learns more
+(an image's faces are only known once it is decoded). Over budget it waits, first come first
+served, in a bounded queue and for a bounded time; past either it gets 503 with
 `Retry-After`. Everything runs on the event loop, so no locks are needed.
 """
 
@@ -52,6 +53,17 @@ class Reservation:
         self.nbytes -= nbytes
         self.budget.release(nbytes)
 
+    async def resize(self, nbytes: int) -> None:
+        """Hold `nbytes` from now on: less gives the rest back at once; more waits, ahead of
+        requests that hold nothing yet (this one finishing is what frees memory soonest)."""
+        if nbytes <= self.nbytes:
+            self.shrink(self.nbytes - nbytes)
+            return
+        if nbytes > self.budget.capacity:
+            raise OverBudget(self.budget.too_big(nbytes), 413)
+        await self.budget.acquire(nbytes - self.nbytes, first=True)
+        self.nbytes = nbytes
+
 
 @dataclass
 class _Waiter:
@@ -67,6 +79,7 @@ class MemoryBudget:
         self.max_waiting = max_waiting
         self.wait_s = wait_s
         self.used = 0
+        self.peak = 0  # the most ever reserved at once (never above `capacity`)
         self._waiters: deque[_Waiter] = deque()
 
     @property
@@ -83,20 +96,28 @@ class MemoryBudget:
         finally:
             self.release(held.nbytes)
 
-    async def acquire(self, nbytes: int) -> None:
+    def too_big(self, nbytes: int) -> str:
+        return (
+            f"the request needs {nbytes / MB:.0f} MB, more than the server's in-flight "
+            f"budget of {self.capacity / MB:.0f} MB"
+        )
+
+    async def acquire(self, nbytes: int, *, first: bool = False) -> None:
+        """Take `nbytes`, waiting if need be; `first`: at the head of the queue."""
         if nbytes > self.capacity:  # could never fit: no point in waiting
-            raise OverBudget(
-                f"the request needs {nbytes / MB:.0f} MB, more than the server's in-flight "
-                f"budget of {self.capacity / MB:.0f} MB",
-                413,
-            )
-        if not self._waiters and self.used + nbytes <= self.capacity:
-            self.used += nbytes
+            raise OverBudget(self.too_big(nbytes), 413)
+        if (first or not self._waiters) and self.used + nbytes <= self.capacity:
+            self._take(nbytes)
             return
-        if len(self._waiters) >= self.max_waiting:
+        # The queue bound is for newcomers: requests that hold memory already are bounded by
+        # the budget itself, and refusing them would waste what they hold.
+        if not first and len(self._waiters) >= self.max_waiting:
             raise OverBudget(f"the server is busy ({len(self._waiters)} requests waiting)")
         waiter = _Waiter(nbytes, asyncio.get_running_loop().create_future())
-        self._waiters.append(waiter)
+        if first:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(waiter.future), self.wait_s)
         except (TimeoutError, asyncio.CancelledError) as e:
@@ -117,5 +138,9 @@ class MemoryBudget:
     def _wake(self) -> None:
         while self._waiters and self.used + self._waiters[0].nbytes <= self.capacity:
             waiter = self._waiters.popleft()
-            self.used += waiter.nbytes
+            self._take(waiter.nbytes)
             waiter.future.set_result(None)
+
+    def _take(self, nbytes: int) -> None:
+        self.used += nbytes
+        self.peak = max(self.peak, self.used)

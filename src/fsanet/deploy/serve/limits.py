@@ -48,8 +48,59 @@ class Limits:
             ("body timeout", self.body_timeout_s),
             ("request timeout", self.request_timeout_s),
         )
+        problems += over_maximum(
+            self, "max_body_bytes", "max_pixels", "max_crops", "max_queue", "body_timeout_s",
+            "request_timeout_s",
+        )  # fmt: skip
         if problems:
             raise FsanetError("; ".join(problems))
+
+
+# The most each limit of `Limits` and `ServeConfig` may be set to: past these a value is a
+# typo that switches the limit off (ServeConfig.max_inflight_mb: the machine's memory).
+MAXIMA: dict[str, float] = {
+    "max_body_bytes": 1 << 30,  # 1 GiB
+    "max_pixels": 1_000_000_000,  # under OpenCV's own decoding limit (2**30)
+    "max_crops": 4096,
+    "max_queue": 65536,
+    "body_timeout_s": 3600,
+    "request_timeout_s": 3600,
+    "max_batch": 4096,
+    "max_wait_ms": 10_000,
+    "max_waiting": 65536,
+    "max_connections": 65536,
+    "header_timeout_s": 600,
+    "keep_alive_s": 3600,
+    "tls_handshake_timeout_s": 60,  # asyncio's default
+    "max_header_bytes": 1 << 20,  # 1 MiB
+    "graceful_timeout_s": 3600,
+    "rate_limit": 1e6,
+    "rate_burst": 1e6,
+}
+
+
+def maximum(field: str) -> float:
+    """The most a field of `Limits` or `ServeConfig` may be set to."""
+    if field == "max_inflight_mb":
+        from fsanet.deploy.serve.budget import MB, machine_memory
+
+        total = machine_memory()
+        return math.inf if total is None else float(total // MB)
+    return MAXIMA[field]
+
+
+def over_maximum(settings: object, *fields: str) -> list[str]:
+    """A message for each field of `settings` above its maximum (None: not set)."""
+    problems = []
+    for field in fields:
+        value, most = getattr(settings, field), maximum(field)
+        if value is not None and value > most:
+            problems.append(f"{field} must be at most {_show(most)}, got {_show(value)}")
+    return problems
+
+
+def _show(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def not_positive(*fields: tuple[str, float]) -> list[str]:
@@ -170,17 +221,39 @@ def parse_crops_json(data: bytes, limits: Limits | None = None) -> np.ndarray:
             f'a JSON body over {SMALL_JSON_BYTES // 1024} KiB must be just {{"crops": [...]}}; '
             "send large batches as application/x-npy",
         )
-    try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError) as e:
-        raise HttpError(400, f"the body is not valid JSON ({_first_line(e)})") from None
+    doc = _json(data)
     if not isinstance(doc, dict) or "crops" not in doc:
         raise HttpError(422, 'expected a JSON object {"crops": N x 64 x 64 x 3 numbers}')
+    return _numbers(doc["crops"])
+
+
+def _json(data: bytes) -> object:
     try:
-        crops = np.asarray(doc["crops"], dtype=np.float32)
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise HttpError(400, f"the body is not valid JSON ({_first_line(e)})") from None
+
+
+def _numbers(doc: object) -> np.ndarray:
+    """Parsed JSON as float32, or a 422 that says what is wrong with its shape."""
+    try:
+        return np.asarray(doc, dtype=np.float32)
     except (ValueError, TypeError, OverflowError):
-        raise HttpError(422, _SHAPE_HINT) from None
-    return crops
+        raise HttpError(422, f"{_SHAPE_HINT}{_RAGGED if _ragged(doc) else ''}") from None
+
+
+_RAGGED = " (these are ragged: lists of different lengths, or numbers beside lists)"
+
+
+def _ragged(doc: object) -> bool:
+    """Nested lists that are not a grid: lengths differ, or lists and numbers mix, at a level."""
+    level = [doc]
+    while level:
+        lists = [x for x in level if isinstance(x, list)]
+        if lists and (len(lists) < len(level) or len({len(x) for x in lists}) > 1):
+            return True
+        level = [y for x in lists for y in x]
+    return False
 
 
 def _parse_crops_array(data: bytes, start: int, stop: int, limits: Limits | None) -> np.ndarray:
@@ -200,6 +273,10 @@ def _parse_crops_array(data: bytes, start: int, stop: int, limits: Limits | None
         firsts = brackets[is_open[brackets] & (depth == 2)]
         lasts = brackets[~is_open[brackets] & (depth == 1)] + 1
         spans = list(zip(firsts.tolist(), lasts.tolist(), strict=True))
+        # Crops nested to different depths ([[[[1, 2, 3]]], [[1]]]) are ragged, and said so.
+        deepest = np.maximum.reduceat(depth, np.searchsorted(brackets, firsts))
+        if deepest.min() != deepest.max():
+            raise HttpError(422, f"{_SHAPE_HINT}{_RAGGED}")
     else:
         raise HttpError(422, _SHAPE_HINT)
     if limits is not None and len(spans) > limits.max_crops:
@@ -208,22 +285,25 @@ def _parse_crops_array(data: bytes, start: int, stop: int, limits: Limits | None
     previous = 1  # just after the outer "["
     for i, (a, b) in enumerate(spans):
         if levels == 4:  # between crops: one comma, and white space
-            gap = bytes(region[previous:a]).strip()
-            if gap != (b"," if i else b""):
-                raise HttpError(400, "the body is not valid JSON (crops not separated by ',')")
+            _check_gap(bytes(region[previous:a]), b"," if i else b"")
             previous = b
-        try:
-            crop = np.asarray(json.loads(data[start + a : start + b]), dtype=np.float32)
-        except (ValueError, RecursionError) as e:
-            raise HttpError(400, f"the body is not valid JSON ({_first_line(e)})") from None
-        except (TypeError, OverflowError):
-            raise HttpError(422, _SHAPE_HINT) from None
+        crop = _numbers(_json(data[start + a : start + b]))
         if crop.shape != (64, 64, 3):
             raise HttpError(422, f"{_SHAPE_HINT}, not {crop.shape}")
         out[i] = crop
-    if levels == 4 and bytes(region[previous:-1]).strip():
-        raise HttpError(400, "the body is not valid JSON (text after the last crop)")
+    if levels == 4:
+        _check_gap(bytes(region[previous:-1]), b"")
     return out[0] if levels == 3 else out
+
+
+def _check_gap(gap: bytes, expected: bytes) -> None:
+    """What lies between two crops (or before the first, after the last): only numbers and
+    commas are left there by the scan, and numbers beside crops make a ragged list."""
+    if gap.strip() == expected:
+        return
+    if gap.strip(b", \t\r\n"):
+        raise HttpError(422, f"{_SHAPE_HINT}{_RAGGED}")
+    raise HttpError(400, "the body is not valid JSON (crops not separated by one ',')")
 
 
 def check_crops(crops: np.ndarray, limits: Limits) -> np.ndarray:

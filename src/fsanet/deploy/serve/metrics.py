@@ -91,6 +91,7 @@ class ServeMetrics:
         in_flight: Callable[[], float],
         memory_in_flight: Callable[[], float] = lambda: 0,
         memory_waiting: Callable[[], float] = lambda: 0,
+        memory_peak: Callable[[], float] = lambda: 0,
     ) -> None:
         self.requests = Counter("fsanet_requests_total", "HTTP requests by endpoint and status.")
         self.latency = Histogram(
@@ -122,6 +123,11 @@ class ServeMetrics:
                 "fsanet_memory_in_flight_bytes",
                 "Memory reserved by requests in flight (bodies, images, crops).",
                 memory_in_flight,
+            ),
+            Gauge(
+                "fsanet_memory_in_flight_peak_bytes",
+                "The most memory reserved at once since the start (at most the budget).",
+                memory_peak,
             ),
             Gauge(
                 "fsanet_memory_waiting_requests",
