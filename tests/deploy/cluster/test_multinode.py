@@ -33,8 +33,8 @@ SERVER = """
 import json, sys
 from fsanet.engine.artifact import Artifact
 from fsanet.deploy.cluster import FaceOptions, RayOptions, Replicas, serve_on_ray
-from fsanet.deploy.serve.app import ServeConfig
-from fsanet.deploy.serve.limits import Limits
+from fsanet.deploy.serve.config import ServeConfig
+from fsanet.deploy.serve.config import Limits
 path, address, pose, timeout = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 config = ServeConfig(port=0, limits=Limits(request_timeout_s=float(timeout)))
 options = RayOptions(address, Replicas(1, 1), pose_resources=pose, app="fsnode")

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 
-from fsanet.deploy.serve.app import Offload, ServeConfig, create_app
+from fsanet.deploy.serve.app import Offload, create_app
+from fsanet.deploy.serve.config import ServeConfig
 from fsanet.deploy.serve.limits import HttpError
 
 NPY = {"content-type": "application/x-npy"}

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fsanet.core.errors import FsanetError
-from fsanet.deploy.serve.app import ServeConfig, check_tls
+from fsanet.deploy.serve.app import check_tls
+from fsanet.deploy.serve.config import ServeConfig
 from fsanet.deploy.serve.ratelimit import TokenBuckets
 
 NPY = {"content-type": "application/x-npy"}

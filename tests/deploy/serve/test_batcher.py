@@ -211,8 +211,7 @@ def test_bad_settings_are_refused():
 
 def test_serve_config_refuses_bad_settings():
     from fsanet.core.errors import FsanetError
-    from fsanet.deploy.serve.app import ServeConfig
-    from fsanet.deploy.serve.limits import Limits
+    from fsanet.deploy.serve.config import Limits, ServeConfig
 
     with pytest.raises(FsanetError, match="max wait must be 0 or more"):
         ServeConfig(max_wait_ms=-1)

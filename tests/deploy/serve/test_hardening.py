@@ -12,7 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from fsanet.deploy.serve.app import ServeConfig, create_app, startup_lines
+from fsanet.deploy.serve.app import create_app, startup_lines
+from fsanet.deploy.serve.config import ServeConfig
 
 NPY = {"content-type": "application/x-npy"}
 

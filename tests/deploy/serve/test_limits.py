@@ -11,13 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
+from fsanet.deploy.serve.config import Limits, maximum
 from fsanet.deploy.serve.limits import (
     HttpError,
-    Limits,
     check_crops,
     decode_image,
     image_size,
-    maximum,
     parse_crops_json,
     parse_npy,
 )

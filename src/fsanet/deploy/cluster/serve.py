@@ -38,8 +38,9 @@ from fsanet.deploy.cluster.deployments import DetectDeployment, PoseDeployment, 
 from fsanet.deploy.cluster.gather import Gather
 from fsanet.deploy.cluster.local import connected
 from fsanet.deploy.cluster.transfer import pack, pack_artifact
-from fsanet.deploy.serve.app import Detected, Offload, ServeConfig, check_tls
+from fsanet.deploy.serve.app import Detected, Offload, check_tls
 from fsanet.deploy.serve.app import serve as serve_http
+from fsanet.deploy.serve.config import ServeConfig
 from fsanet.deploy.serve.limits import HttpError
 from fsanet.engine.artifact import Artifact
 from fsanet.engine.backends.base import available_cpus

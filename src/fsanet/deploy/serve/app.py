@@ -23,12 +23,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from fsanet.core.errors import FsanetError
+from fsanet.deploy.serve.config import Limits, ServeConfig
 from fsanet.engine.backends.base import available_cpus
 
 try:  # the `serve` extra; without it, one line telling how to install it
@@ -46,18 +47,15 @@ except ImportError as e:
 
 from fsanet.deploy.serve.auth import BearerAuth
 from fsanet.deploy.serve.batcher import DynamicBatcher, Overloaded
-from fsanet.deploy.serve.budget import MB, MemoryBudget, OverBudget, default_inflight_mb
+from fsanet.deploy.serve.budget import MB, MemoryBudget, OverBudget
 from fsanet.deploy.serve.limits import (
     IMAGE_TYPES,
     NPY_TYPES,
     HttpError,
-    Limits,
     check_crops,
     checked_image_size,
     decode_image,
     media_type,
-    not_positive,
-    over_maximum,
     parse_crops_json,
     parse_npy,
     read_body,
@@ -74,7 +72,6 @@ from fsanet.deploy.serve.openapi import (
 from fsanet.deploy.serve.protocol import (
     PARSER_ERROR,
     LimitedHttpProtocol,
-    default_max_connections,
     limited_protocol,
 )
 from fsanet.deploy.serve.ratelimit import RateLimit, TokenBuckets
@@ -91,86 +88,6 @@ REQUEST_ID = "fsanet.request_id"  # scope key; also sent back as the x-request-i
 CROP_BYTES = 64 * 64 * 3 * 4  # one float32 crop
 FACE_BYTES = CROP_BYTES + CROP_BYTES // 4  # a face found in an image: its uint8 and float32 crops
 log = logging.getLogger("uvicorn.error")  # uvicorn's handler and format
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch: int = 32
-    max_wait_ms: float = 5.0
-    limits: Limits = field(default_factory=Limits)
-    graceful_timeout_s: int = 30  # seconds; how long shutdown waits for requests in flight
-    access_log: bool = False
-    # Memory held by requests in flight (bodies, decoded images, crops); past it, requests
-    # wait (at most `max_waiting` of them, at most the request timeout) or get 503.
-    max_inflight_mb: float = field(default_factory=default_inflight_mb)
-    max_waiting: int = 64
-    # Connections: past `max_connections` the oldest idle one is closed; headers must arrive
-    # within `header_timeout_s` and fit in `max_header_bytes` (431); idle keep-alive
-    # connections are closed after `keep_alive_s`.
-    max_connections: int = field(default_factory=default_max_connections)
-    header_timeout_s: float = 10.0
-    keep_alive_s: float = 5.0
-    max_header_bytes: int = 64 * 1024
-    # TLS: a client must finish its handshake within this; until then its socket counts
-    # against `max_connections` and is the first closed when they run out.
-    tls_handshake_timeout_s: float = 5.0
-    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses, networks or
-    # "*"); from anyone else they are ignored, so the rate limit keys on the real peer.
-    forwarded_allow_ips: tuple[str, ...] = ()
-    api_key: str | None = field(default=None, repr=False)  # bearer token; None: no auth
-    docs: bool = False  # /docs and /redoc (Swagger UI loads its assets from a CDN)
-    # Per client address: `rate_limit` requests per second on average, `rate_burst` at once
-    # (default: one second's worth); past it 429 with Retry-After. None: no limit.
-    rate_limit: float | None = None
-    rate_burst: int | None = None
-    # TLS (HTTPS) through uvicorn: a PEM certificate chain and its private key (the key may
-    # also be in the certificate file).
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-
-    def __post_init__(self) -> None:
-        problems = not_positive(  # Limits checks its own fields
-            ("max batch", self.max_batch),
-            ("in-flight memory", self.max_inflight_mb),
-            ("waiting requests", self.max_waiting),
-            ("max connections", self.max_connections),
-            ("header timeout", self.header_timeout_s),
-            ("keep-alive timeout", self.keep_alive_s),
-            ("header size limit", self.max_header_bytes),
-            ("TLS handshake timeout", self.tls_handshake_timeout_s),
-        )
-        problems += over_maximum(
-            self, "max_batch", "max_wait_ms", "graceful_timeout_s", "max_inflight_mb",
-            "max_waiting", "max_connections", "header_timeout_s", "keep_alive_s",
-            "max_header_bytes", "tls_handshake_timeout_s", "rate_limit", "rate_burst",
-        )  # fmt: skip
-        problems += [
-            f"forwarded_allow_ips: {x!r} is not an IP address or network"
-            for x in self.forwarded_allow_ips
-            if not _is_network(x)
-        ]
-        if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
-            problems.append(f"max wait must be 0 or more, got {self.max_wait_ms:g} ms")
-        if not (self.graceful_timeout_s >= 0 and math.isfinite(self.graceful_timeout_s)):
-            problems.append(f"graceful timeout must be 0 or more, got {self.graceful_timeout_s:g}")
-        if self.rate_limit is not None and not (
-            self.rate_limit > 0 and math.isfinite(self.rate_limit)
-        ):
-            problems.append(f"rate limit must be positive, got {self.rate_limit:g}")
-        if self.rate_burst is not None and not self.rate_burst >= 1:
-            problems.append(f"rate burst must be 1 or more, got {self.rate_burst:g}")
-        if self.rate_burst is not None and self.rate_limit is None:
-            problems.append("a rate burst needs a rate limit")
-        if self.ssl_keyfile is not None and self.ssl_certfile is None:
-            problems.append("a TLS key file needs a certificate file")
-        if self.api_key is not None and not self.api_key:
-            problems.append("the API key is empty")
-        if not 0 <= self.port <= 65535:
-            problems.append(f"port must lie in [0, 65535], got {self.port}")
-        if problems:
-            raise FsanetError("; ".join(problems))
 
 
 class _ClientGone(Exception):
@@ -792,13 +709,6 @@ def _rate(config: ServeConfig) -> str:
         return "unlimited"
     burst = config.rate_burst or max(1, math.ceil(config.rate_limit))
     return f"<= {config.rate_limit:g} requests/s per address (bursts of {burst})"
-
-
-def _is_network(text: str) -> bool:
-    try:
-        return text == "*" or bool(ipaddress.ip_network(text, strict=False))
-    except ValueError:
-        return False
 
 
 def _is_loopback(host: str) -> bool:

@@ -13,104 +13,19 @@ import json
 import math
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from numpy.lib import format as npy_format
 
-from fsanet.core.errors import FsanetError, InputError
+from fsanet.core.errors import InputError
+from fsanet.deploy.serve.config import Limits
 from fsanet.engine.backends.base import check_images
 from fsanet.faces.vision.imageio import PNG_SIGNATURE
 from fsanet.faces.vision.imageio import image_size as header_size
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
 IMAGE_TYPES = ("image/jpeg", "image/png")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask of the server."""
-
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_pixels: int = 40_000_000  # ~ 7300 x 5500; larger images are refused before decoding
-    max_crops: int = 256  # crops per request to /v1/pose/crops
-    max_queue: int = 4096  # crops waiting for the engine before requests get 503
-    body_timeout_s: float = 10.0  # reading the body (slow or stalled clients)
-    request_timeout_s: float = 30.0  # waiting for the engine
-
-    def __post_init__(self) -> None:
-        problems = not_positive(
-            ("body limit", self.max_body_bytes),
-            ("pixel limit", self.max_pixels),
-            ("crops per request", self.max_crops),
-            ("queue limit", self.max_queue),
-            ("body timeout", self.body_timeout_s),
-            ("request timeout", self.request_timeout_s),
-        )
-        problems += over_maximum(
-            self, "max_body_bytes", "max_pixels", "max_crops", "max_queue", "body_timeout_s",
-            "request_timeout_s",
-        )  # fmt: skip
-        if problems:
-            raise FsanetError("; ".join(problems))
-
-
-# The most each limit of `Limits` and `ServeConfig` may be set to: past these a value is a
-# typo that switches the limit off (ServeConfig.max_inflight_mb: the machine's memory).
-MAXIMA: dict[str, float] = {
-    "max_body_bytes": 1 << 30,  # 1 GiB
-    "max_pixels": 1_000_000_000,  # under OpenCV's own decoding limit (2**30)
-    "max_crops": 4096,
-    "max_queue": 65536,
-    "body_timeout_s": 3600,
-    "request_timeout_s": 3600,
-    "max_batch": 4096,
-    "max_wait_ms": 10_000,
-    "max_waiting": 65536,
-    "max_connections": 65536,
-    "header_timeout_s": 600,
-    "keep_alive_s": 3600,
-    "tls_handshake_timeout_s": 60,  # asyncio's default
-    "max_header_bytes": 1 << 20,  # 1 MiB
-    "graceful_timeout_s": 3600,
-    "rate_limit": 1e6,
-    "rate_burst": 1e6,
-}
-
-
-def maximum(field: str) -> float:
-    """The most a field of `Limits` or `ServeConfig` may be set to."""
-    if field == "max_inflight_mb":
-        from fsanet.deploy.serve.budget import MB, machine_memory
-
-        total = machine_memory()
-        return math.inf if total is None else float(total // MB)
-    return MAXIMA[field]
-
-
-def over_maximum(settings: object, *fields: str) -> list[str]:
-    """A message for each field of `settings` above its maximum (None: not set)."""
-    problems = []
-    for field in fields:
-        value, most = getattr(settings, field), maximum(field)
-        if value is not None and value > most:
-            problems.append(f"{field} must be at most {_show(most)}, got {_show(value)}")
-    return problems
-
-
-def _show(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def not_positive(*fields: tuple[str, float]) -> list[str]:
-    """A message for each (name, value) that is not a finite number above 0. `not value > 0`
-    also catches NaN, which every comparison lets through otherwise."""
-    return [
-        f"{name} must be positive, got {value:g}"
-        for name, value in fields
-        if not (value > 0 and math.isfinite(value))
-    ]
 
 
 class HttpError(Exception):
