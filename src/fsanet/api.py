@@ -24,6 +24,7 @@ from fsanet.engine.pose import PoseEngine
 from fsanet.engine.tta import NONE, engine_mode
 from fsanet.faces import estimator
 from fsanet.measure.bench import core as bench
+from fsanet.measure.defaults import EVAL_BATCH
 from fsanet.measure.evaluate import EvalReport, evaluate
 from fsanet.measure.tune import tune
 
@@ -83,7 +84,7 @@ def evaluate_aflw2000(
     engine: PoseEngine,
     dataset: str | Path | None = None,
     num: int | None = None,
-    batch: int = 32,
+    batch: int = EVAL_BATCH,
     mirror: str | None = None,
 ) -> EvalReport:
     """Score `engine` on FSA-Net's AFLW2000 evaluation set (the 1969 images within ±99°)."""
@@ -175,3 +176,140 @@ class HeadPoseEstimator(estimator.HeadPoseEstimator):
         if engine is None:
             engine = load(model, mirror=mirror)
         super().__init__(engine, detector, mirror=mirror, **options)
+
+
+def describe(artifact: Artifact) -> str:
+    """An engine in a few lines: `Artifact.describe`, and the tuning table of an `auto` one."""
+    text = artifact.describe()
+    if tuning := artifact.manifest.extra.get("tuning"):
+        from fsanet.measure.tune import TuningReport
+
+        text += "\n\n" + str(TuningReport.from_dict(tuning))
+    return text
+
+
+def prepare_run(
+    models: Sequence[str] | None, dataset: str | Path | None, mirror: str | None = None
+) -> str | Path:
+    """The vendor sample's one-click run before `eval`: fetch the graphs and build FSA-Net's
+    AFLW2000 set (unless `dataset` is given); returns the dataset to evaluate."""
+    from fsanet.assets.aflw2000 import prepare_aflw2000
+    from fsanet.assets.fetch import fetch
+    from fsanet.assets.zoo import resolve_variants
+
+    for variant in resolve_variants(list(models) if models else None):
+        fetch(variant.file, mirror)
+    return dataset if dataset is not None else prepare_aflw2000(None, mirror)
+
+
+def predict_files(
+    paths: list[str],
+    faces: Any,
+    *,
+    model: str | Path = "fusion",
+    output_dir: str | None = None,
+    records: str | None = "-",
+    fmt: str = "jsonl",
+    threads: int | None = None,
+    mirror: str | None = None,
+    ray: bool = False,
+    address: str | None = None,
+    **load_options: Any,
+) -> Any:
+    """`fsanet predict`: faces and head pose in `paths` (images, folders, videos, cameras; with
+    `ray`, also pyarrow URIs), here or on Ray Data. `faces` is a
+    `fsanet.deploy.cluster.batch_worker.WorkerOptions` (crop rule, thresholds, limits,
+    smoothing, video options). `records`: the JSON Lines (or, with `fmt="parquet"`, Parquet)
+    file, '-' for stdout, None for none. Returns the `PredictSummary`. Every output path is
+    checked before the engine loads: none may replace an input."""
+    from fsanet.faces.predict import check_output_paths
+
+    if not ray and (address or fmt != "jsonl"):
+        raise FsanetError("--address and --format parquet go with --ray")
+    local_paths = paths
+    if ray:
+        from fsanet.deploy.cluster.batch import check_ray
+        from fsanet.deploy.cluster.batch_sources import is_uri
+
+        if output_dir:
+            raise FsanetError("--ray writes records only: give --jsonl FILE, not --output")
+        if address and threads:
+            raise FsanetError("--threads sizes a local cluster: with --address, its CPUs count")
+        if fmt == "parquet" and records == "-":
+            raise FsanetError("--format parquet writes a file: give --jsonl FILE.parquet")
+        check_ray()  # before the engine: without Ray, one line at once
+        local_paths = [p for p in paths if not is_uri(p)]  # predict_on_ray checks file:// ones
+    check_output_paths(local_paths, output_dir, records)
+    # With Ray, the engine is only found (or built) here; the workers load its files.
+    engine = load(model, threads=1 if ray else threads, mirror=mirror, **load_options)
+    if ray:
+        from fsanet.deploy.cluster.batch import BatchOptions, predict_on_ray
+
+        artifact = engine.artifact
+        engine.close()
+        assert artifact is not None
+        options = BatchOptions(address, cpus=threads, worker=faces)
+        return predict_on_ray(paths, artifact, options, jsonl=records, fmt=fmt, mirror=mirror)
+    from fsanet.faces.predict import jsonl_writer, predict
+
+    with (
+        estimator.HeadPoseEstimator(
+            engine,
+            crop=faces.crop,
+            normalize=faces.normalize,
+            score_threshold=faces.score_threshold,
+            max_faces=faces.max_faces,
+            mirror=mirror,
+        ) as found,
+        jsonl_writer(records) as out,
+    ):
+        return predict(
+            paths,
+            found,
+            output_dir=output_dir,
+            jsonl=out,
+            max_frames=faces.max_frames,
+            max_pixels=faces.max_pixels,
+            rotation=faces.rotation,
+            smooth=faces.smooth,
+            video=faces.video,
+        )
+
+
+def serve_model(
+    config: Any,
+    model: str | Path = "fusion",
+    *,
+    faces: bool = True,
+    score_threshold: float | None = None,
+    threads: int | None = None,
+    mirror: str | None = None,
+    ray: Any = None,
+    **load_options: Any,
+) -> None:
+    """`fsanet serve`: the HTTP service for `model` (a name or an engine directory) with
+    `config` (a `ServeConfig`), here or, with `ray` (a `RayOptions`), as Ray Serve
+    replicas; runs until SIGINT/SIGTERM. The certificate is checked before the engine loads."""
+    from fsanet.deploy.serve.app import check_tls, serve  # one-line error without the extra
+    from fsanet.faces.options import SCORE_THRESHOLD
+
+    threshold = SCORE_THRESHOLD if score_threshold is None else score_threshold
+    check_tls(config)  # before the engine loads: a bad certificate fails at once
+    if ray is not None:  # before the engine: without Ray, one line at once
+        from fsanet.deploy.cluster import FaceOptions, serve_on_ray
+    engine = load(model, threads=threads, mirror=mirror, **load_options)
+    if ray is not None:  # the engine was found (or built) here; the replicas load its files
+        artifact = engine.artifact
+        engine.close()
+        assert artifact is not None
+        serve_on_ray(artifact, config, ray, FaceOptions(threshold) if faces else None, mirror)
+        return
+    try:
+        found = None
+        if faces:
+            found = estimator.HeadPoseEstimator(
+                engine, score_threshold=threshold, mirror=mirror
+            )
+        serve(engine, config, found)
+    finally:
+        engine.close()

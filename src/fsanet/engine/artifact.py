@@ -180,6 +180,46 @@ class Artifact:
         text = json.dumps(self.manifest.to_dict(), indent=2, sort_keys=True)
         (self.path / MANIFEST).write_text(text + "\n")
 
+    def describe(self) -> str:
+        """What the engine is, where it was built, what runs and what was checked."""
+        m = self.manifest
+        batch = "dynamic batch" if m.batch_mode == "dynamic" else f"fixed batch {m.batch_size}"
+        parity = m.parity
+        runtime = ", ".join(f"{k} {v}" for k, v in m.runtime.items())
+        lines = [
+            f"engine {self.path}",
+            f"  variants {', '.join(m.variants)}; {m.backend}, {m.precision}, {batch}, "
+            f"opset {m.opset}; passes: {', '.join(m.extra.get('passes', [])) or 'none'}; "
+            f"{runtime}",
+            f"  built and checked on {m.machine.get('model', '?')} "
+            f"({m.machine.get('isa_class', '?')})",
+            f"  runs: {m.executed.get('device', '?')}; {m.executed.get('status', '?')}",
+            f"  parity with TensorFlow: max |diff| {parity['max_abs_diff_deg']:.1e}° over "
+            f"{parity['num_inputs']} inputs ({parity['num_real']} AFLW2000 crops, "
+            f"{parity['num_random']} random); {parity.get('status', '?')}",
+        ]
+        if accuracy := m.extra.get("accuracy"):
+            held_out = (
+                f"; held-out {accuracy['mae_held_out']:.3f}° on {accuracy['num_held_out']} images"
+                if "calibration" in m.extra
+                else ""
+            )
+            lines.append(
+                f"  AFLW2000 fusion MAE {accuracy['mae']:.3f}° vs "
+                f"{accuracy['mae_fp32_tensorflow']:.3f}° for fp32 TensorFlow; "
+                f"{accuracy['status']}{held_out}"
+            )
+        if tta := m.extra.get("tta"):
+            lines.append(
+                f"  {tta['mode']} TTA: fusion MAE {tta['mae']:.3f}° with it, "
+                f"{tta['mae_without']:.3f}° without (the crop view); "
+                "TensorFlow above ran with it too"
+            )
+        if int8 := m.extra.get("int8"):
+            tried = ", ".join(f"{t['scheme']} {t['delta']:+.3f}°" for t in int8["tried"])
+            lines.append(f"  int8 setting {int8['scheme']} (tried on this CPU: {tried})")
+        return "\n".join(lines)
+
     @classmethod
     def load(cls, path: str | Path, verify: bool = True) -> Artifact:
         """Read and check an artifact; `verify` also checks every model file's sha256."""

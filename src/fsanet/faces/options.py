@@ -20,6 +20,7 @@ SCORE_THRESHOLD = 0.5  # YuNet's score threshold for photos, video and the servi
 E2E_SCORE_THRESHOLD = 0.1
 MAX_FACES = 256  # faces per image sent to the engine, best score first (the server's too)
 MAX_PIXELS = 40_000_000  # larger images are refused, before decoding where the header says
+RECORD_FORMATS = ("jsonl", "parquet")  # the records file of `predict` (Parquet with --ray)
 MIN_DETECT_SIZE = 64  # YuNet's smallest anchors need some pixels to look at
 CUT_THRESHOLD = 20.0  # grey levels: between the largest in-shot change (13.6) and a cut (27.7)
 

@@ -31,6 +31,7 @@ from fsanet.core import progress
 from fsanet.core.errors import FsanetError
 from fsanet.core.files import (
     atomic_path,
+    ensure_dir,
     name_fits,
     refuse_overwrites,
     remove_stale_outputs,
@@ -179,6 +180,23 @@ def check_outputs(
     sources = collect_sources(paths, quiet=True)
     annotated = [] if output_dir is None else [output_path(s, Path(output_dir)) for s in sources]
     _refuse_overwrites(sources, [*annotated, *(Path(f) for f in files if str(f) != "-")])
+
+
+def check_output_paths(
+    paths: list[str], output_dir: str | Path | None, records: str | Path | None
+) -> None:
+    """Fail on an output that cannot be written now, or that would replace an input, before
+    an engine is loaded (or built) and any input read: the annotated copies' folder
+    `output_dir` and the `records` file ('-': stdout)."""
+    if output_dir is not None:
+        ensure_dir(Path(output_dir))
+    if records not in (None, "-"):
+        path = Path(records)  # type: ignore[arg-type]
+        if path.is_dir():
+            raise FsanetError(f"cannot write {path}: it is a folder; give a file name")
+        if not path.exists():
+            ensure_dir(path.parent, path)
+    check_outputs(paths, output_dir, [records] if records is not None else [])
 
 
 def _refuse_overwrites(sources: list[Source], outputs: list[Path]) -> None:

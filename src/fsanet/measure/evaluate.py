@@ -14,6 +14,7 @@ from fsanet.core import progress
 from fsanet.core.errors import FsanetError
 from fsanet.engine.pose import PoseEngine
 from fsanet.engine.tta import NONE, is_view, view_name
+from fsanet.measure.defaults import EVAL_BATCH
 
 _RULE = "-" * 80
 
@@ -99,7 +100,7 @@ class EvalReport:
 
 
 def evaluate(
-    engine: PoseEngine, data: Aflw2000, num: int | None = None, batch: int = 32
+    engine: PoseEngine, data: Aflw2000, num: int | None = None, batch: int = EVAL_BATCH
 ) -> EvalReport:
     """Run `engine` over the evaluation images (the first `num` of them) and score it."""
     if batch < 1:

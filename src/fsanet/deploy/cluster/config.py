@@ -8,8 +8,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from fsanet.assets.type1 import MARGIN
 from fsanet.core.errors import FsanetError
-from fsanet.faces.options import SCORE_THRESHOLD
+from fsanet.faces.options import DEFAULT_RULE, SCORE_THRESHOLD
 
 # Autoscaling targets: requests a replica holds at once before Ray adds one. A pose request
 # is a whole batch, so one running and one waiting keeps a replica busy; a detector replica
@@ -93,6 +94,6 @@ class FaceOptions:
     defaults as `HeadPoseEstimator`, which single-process `fsanet serve` uses)."""
 
     score_threshold: float = SCORE_THRESHOLD
-    crop: str = "thirds"  # fsanet.faces.vision.crop.DEFAULT_RULE
-    margin: float = 0.6  # fsanet.faces.vision.crop.MARGIN
+    crop: str = DEFAULT_RULE
+    margin: float = MARGIN
     normalize: bool = False

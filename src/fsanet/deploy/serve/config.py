@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from fsanet.core.errors import FsanetError
 from fsanet.deploy.serve.budget import MB, default_inflight_mb, machine_memory
 from fsanet.deploy.serve.protocol import default_max_connections
+from fsanet.faces.options import MAX_FACES, MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,8 @@ class Limits:
     """What one request may ask of the server."""
 
     max_body_bytes: int = 16 * 1024 * 1024
-    max_pixels: int = 40_000_000  # ~ 7300 x 5500; larger images are refused before decoding
-    max_crops: int = 256  # crops per request to /v1/pose/crops
+    max_pixels: int = MAX_PIXELS  # ~ 7300 x 5500; larger images are refused before decoding
+    max_crops: int = MAX_FACES  # crops per request to /v1/pose/crops, faces per photo
     max_queue: int = 4096  # crops waiting for the engine before requests get 503
     body_timeout_s: float = 10.0  # reading the body (slow or stalled clients)
     request_timeout_s: float = 30.0  # waiting for the engine

@@ -1,0 +1,74 @@
+"""`fsanet loadtest`: load a local `fsanet serve` with crops or a photo, bounded in time and
+requests: throughput, latency percentiles, errors."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+
+from fsanet.cli import groups, types
+from fsanet.core.errors import FsanetError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from fsanet.deploy.serve.loadtest import run_load
+
+    default = {k: v.default for k, v in inspect.signature(run_load).parameters.items()}
+    p.add_argument("url", nargs="?", default="http://127.0.0.1:8000", help="a loopback server")
+    p.add_argument(
+        "--concurrency", type=types.positive, default=default["concurrency"],
+        help="concurrent clients",
+    )  # fmt: skip
+    p.add_argument(
+        "--duration", type=types.positive_float, default=default["duration_s"],
+        help="seconds measured",
+    )  # fmt: skip
+    p.add_argument(
+        "--warmup", type=types.non_negative_float, default=default["warmup_s"],
+        help="seconds before measuring",
+    )  # fmt: skip
+    p.add_argument(
+        "--requests", type=types.positive, default=default["max_requests"],
+        help="at most N requests",
+    )  # fmt: skip
+    p.add_argument(
+        "--crops", type=types.positive, default=default["crops_per_request"],
+        help="crops per request",
+    )  # fmt: skip
+    p.add_argument("--image", metavar="FILE", help="POST this JPEG/PNG to /v1/pose instead")
+    p.add_argument(
+        "--timeout", type=types.positive_float, default=default["timeout_s"],
+        help="seconds per request",
+    )  # fmt: skip
+    p.add_argument("--dataset", metavar="PATH", help="AFLW2000 npz for the crops (cached)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from fsanet.deploy.serve.loadtest import crop_bodies, run_load
+
+    if args.image:
+        image = Path(args.image)
+        if not image.is_file():
+            raise FsanetError(f"{image} does not exist")
+        kind = "image/png" if image.suffix.lower() == ".png" else "image/jpeg"
+        path, bodies, per = "/v1/pose", [image.read_bytes()], None
+    else:
+        from fsanet.assets.aflw2000 import load_aflw2000
+
+        crops = load_aflw2000(args.dataset, args.mirror).images
+        kind, path, per = "application/x-npy", "/v1/pose/crops", args.crops
+        bodies = crop_bodies(crops, per)
+    report = run_load(
+        args.url.rstrip("/") + path,
+        bodies,
+        content_type=kind,
+        crops_per_request=per,
+        concurrency=args.concurrency,
+        duration_s=args.duration,
+        max_requests=args.requests,
+        timeout_s=args.timeout,
+        warmup_s=args.warmup,
+    )
+    groups.emit(args, report.to_dict(), str(report))
