@@ -4,25 +4,11 @@ as Ray Serve replicas. Every limit's default and maximum come from `ServeConfig`
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 from fsanet.cli import groups, types
+from fsanet.cli.limits import Limit, add_limit, limit_values, plain_defaults
 from fsanet.core.errors import FsanetError
-
-
-class Limit(NamedTuple):
-    """One numeric flag of `serve`: the ServeConfig or Limits field it sets, in its unit."""
-
-    flag: str
-    field: str
-    kind: type[int] | type[float]
-    least: float
-    help: str
-    unit: int = 1  # the flag's unit in the field's (1 MiB for --max-body-mb)
-    above: bool = False  # more than `least`, not at least
-    metavar: str | None = None
-
 
 # Limits' fields (per request), then ServeConfig's (the server's).
 REQUEST_LIMITS = (
@@ -71,39 +57,12 @@ SERVER_LIMITS = (
 )  # fmt: skip
 
 
-def _dest(limit: Limit) -> str:
-    return limit.flag.lstrip("-").replace("-", "_")
-
-
-def _add_limit(p: argparse.ArgumentParser, limit: Limit, defaults: dict[str, Any]) -> None:
-    from fsanet.deploy.serve.config import maximum
-
-    default = defaults.get(limit.field)
-    most = maximum(limit.field) / limit.unit
-    p.add_argument(
-        limit.flag,
-        type=types.number(limit.kind, limit.least, most, above=limit.above),
-        default=None if default is None else limit.kind(default / limit.unit),
-        metavar=limit.metavar,
-        help=limit.help,
-    )
-
-
-def _plain_defaults(cls: type) -> dict[str, Any]:
-    """A dataclass's plain defaults (those made by a factory depend on the machine)."""
-    return {
-        f.name: f.default
-        for f in dataclasses.fields(cls)
-        if f.default is not dataclasses.MISSING
-    }
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from fsanet.assets.zoo import FUSION, VARIANTS
     from fsanet.deploy.serve.config import Limits, ServeConfig
     from fsanet.faces.options import SCORE_THRESHOLD
 
-    server = _plain_defaults(ServeConfig)
+    server = plain_defaults(ServeConfig)
     groups.add_engine(p, f"{FUSION} (default), {', '.join(VARIANTS)}")
     groups.add_engine_dir(p, "serve")
     groups.add_threads(p)
@@ -112,9 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--port", type=types.port, default=server["port"], help="port (0: any free port)"
     )
     for limit in REQUEST_LIMITS:
-        _add_limit(p, limit, _plain_defaults(Limits))
+        add_limit(p, limit, plain_defaults(Limits))
     for limit in SERVER_LIMITS:
-        _add_limit(p, limit, server)
+        add_limit(p, limit, server)
     p.add_argument(
         "--score-threshold",
         type=types.fraction,
@@ -162,16 +121,6 @@ def _replicas(text: str) -> Any:
     return Replicas.parse(text)
 
 
-def _values(args: argparse.Namespace, limits: tuple[Limit, ...]) -> dict[str, Any]:
-    """The limits given (None: the library's default), in their fields' units."""
-    out = {}
-    for limit in limits:
-        value = getattr(args, _dest(limit))
-        if value is not None:
-            out[limit.field] = limit.kind(value * limit.unit)
-    return out
-
-
 def run(args: argparse.Namespace) -> None:
     from fsanet.api import serve_model
     from fsanet.deploy.serve.auth import read_api_key
@@ -180,14 +129,14 @@ def run(args: argparse.Namespace) -> None:
     config = ServeConfig(
         args.host,
         args.port,
-        limits=Limits(**_values(args, REQUEST_LIMITS)),
+        limits=Limits(**limit_values(args, REQUEST_LIMITS)),
         access_log=args.access_log,
         forwarded_allow_ips=tuple(args.forwarded_allow_ips),
         api_key=read_api_key(args.api_key_file),
         docs=args.docs,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
-        **_values(args, SERVER_LIMITS),
+        **limit_values(args, SERVER_LIMITS),
     )
     if not args.ray and (args.address or args.replicas):
         raise FsanetError("--address and --replicas go with --ray")
