@@ -58,6 +58,9 @@ class Backend:
 
 @dataclass(frozen=True)
 class Precision:
+    """One precision: its spellings, the backends that run it and how, and what a build
+    of it must show before it is written."""
+
     name: str
     aliases: tuple[str, ...]
     backends: dict[str, Backend]  # the backends that run it, and how
@@ -196,8 +199,8 @@ def int8_schemes(backend: str, machine: Machine) -> list[str]:
     return ["u8u8", "u8s8-7bit"]
 
 
-# The registry. Float precisions other than fp16 are chosen when OpenVINO compiles the
-# model (the hint), so their IR stays fp32 and their conversion step is the identity.
+# The registry. fp32 and bf16 need no conversion step: OpenVINO runs bf16 when it compiles
+# the model (the hint), so the IR stays fp32.
 PRECISIONS: dict[str, Precision] = {
     p.name: p
     for p in (
@@ -214,7 +217,7 @@ PRECISIONS: dict[str, Precision] = {
             ("force_float16", "float16"),
             # OpenVINO's reduced float on CPUs is bf16.
             {"onnxruntime": Backend(_onnx_fp16, _no_onnxruntime_fp16)},
-            needs_calibration=True,  # which ops would overflow fp16 stay fp32
+            needs_calibration=True,  # its range check: ops that would overflow stay fp32
             mae_bound=0.02,
         ),
         Precision(
