@@ -222,7 +222,7 @@ def predict_files(
     smoothing, video options). `records`: the JSON Lines (or, with `fmt="parquet"`, Parquet)
     file, '-' for stdout, None for none. Returns the `PredictSummary`. Every output path is
     checked before the engine loads: none may replace an input."""
-    from fsanet.faces.predict import check_output_paths
+    from fsanet.faces.sources import check_output_paths
 
     if not ray and (address or fmt != "jsonl"):
         raise FsanetError("--address and --format parquet go with --ray")
@@ -250,7 +250,8 @@ def predict_files(
         assert artifact is not None
         options = BatchOptions(address, cpus=threads, worker=faces)
         return predict_on_ray(paths, artifact, options, jsonl=records, fmt=fmt, mirror=mirror)
-    from fsanet.faces.predict import jsonl_writer, predict
+    from fsanet.faces.outputs import jsonl_writer
+    from fsanet.faces.predict import predict
 
     with (
         estimator.HeadPoseEstimator(
@@ -290,7 +291,7 @@ def serve_model(
     """`fsanet serve`: the HTTP service for `model` (a name or an engine directory) with
     `config` (a `ServeConfig`), here or, with `ray` (a `RayOptions`), as Ray Serve
     replicas; runs until SIGINT/SIGTERM. The certificate is checked before the engine loads."""
-    from fsanet.deploy.serve.app import check_tls, serve  # one-line error without the extra
+    from fsanet.deploy.serve.server import check_tls, serve
     from fsanet.faces.options import SCORE_THRESHOLD
 
     threshold = SCORE_THRESHOLD if score_threshold is None else score_threshold

@@ -381,7 +381,8 @@ def test_cli_predict_detect_every_and_detect_size(
 def test_a_pipelined_file_is_decoded_on_one_thread(shared: Path) -> None:
     import cv2
 
-    from fsanet.faces.predict import Source, _open_video
+    from fsanet.faces.predict import _open_video
+    from fsanet.faces.sources import Source
 
     for clip in ("classroom.mp4", "turns-female.gif"):
         source = Source("video", str(shared / "videos" / clip), clip)

@@ -25,7 +25,8 @@ from fsanet.core.errors import FsanetError
 from fsanet.engine.artifact import Artifact
 from fsanet.engine.pose import PoseEngine
 from fsanet.faces.estimator import HeadPoseEstimator
-from fsanet.faces.predict import camera_index, predict
+from fsanet.faces.predict import predict
+from fsanet.faces.sources import camera_index
 
 pytestmark = pytest.mark.real
 

@@ -10,16 +10,11 @@ pose run as a pipeline (`fsanet.faces.video`). The angle convention and
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
-import re
-import shutil
-import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -30,17 +25,20 @@ import numpy as np
 from fsanet.core import progress
 from fsanet.core.errors import FsanetError
 from fsanet.core.files import (
-    atomic_path,
-    ensure_dir,
     name_fits,
-    refuse_overwrites,
     remove_stale_outputs,
-    temp_folder,
-    writing,
 )
 from fsanet.faces.estimator import HeadPoseEstimator, annotate
 from fsanet.faces.face import Face, Faces
 from fsanet.faces.options import MAX_PIXELS
+from fsanet.faces.outputs import VideoOut, write_image
+from fsanet.faces.sources import (
+    Source,
+    camera_index,
+    collect_sources,
+    output_path,
+    refuse_input_overwrites,
+)
 from fsanet.faces.tracking import OneEuro
 from fsanet.faces.video import (
     FaceStages,
@@ -51,162 +49,6 @@ from fsanet.faces.video import (
     video_frames,
 )
 from fsanet.faces.vision.imageio import image_size
-
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2"}
-)
-# An animated GIF is a clip (with its own delay per frame); a still one is a clip of one frame.
-VIDEO_SUFFIXES = frozenset(
-    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
-)
-
-
-# --- sources -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Source:
-    """One input: an image file, a video file or a camera index; `name` is used for outputs."""
-
-    kind: str  # "image", "video" or "camera"
-    location: str
-    name: str
-
-
-def collect_sources(paths: list[str], *, quiet: bool = False) -> list[Source]:
-    """Expand files, folders (recursive, common image and video formats) and cameras (an
-    index, or a /dev/videoN device); `quiet`: no warning for a folder without any.
-
-    A path that does not exist is an error for the whole run: it is almost always a typo;
-    so is a FIFO or a device that is no camera (reading it could wait forever, or never end).
-    """
-    sources: list[Source] = []
-    for text in paths:
-        if text.isdigit() and not Path(text).exists():
-            sources.append(Source("camera", text, f"camera{text}"))
-            continue
-        path = Path(text)
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
-            )
-            if not found and not quiet:
-                print(f"fsanet: warning: {path} holds no images or videos", file=sys.stderr)
-            sources += [_file_source(p, p.relative_to(path).as_posix()) for p in found]
-        elif path.is_file():
-            sources.append(_file_source(path, path.name))
-        elif (index := camera_index(text)) is not None:
-            sources.append(Source("camera", text, f"camera{index}"))
-        elif path.exists():
-            raise FsanetError(
-                f"{text} is {_special_kind(path)}, not a file: give image or video files, "
-                "folders, or a camera index"
-            )
-        else:
-            raise FsanetError(
-                f"{text} does not exist: give image or video files, folders, or a camera index"
-            )
-    return _unique_names(sources)
-
-
-def camera_index(location: str) -> int | None:
-    """The camera a location names: an index ('0'), or a /dev/videoN device (or a link to
-    one, as /dev/v4l/by-id/... are); None for anything else."""
-    if location.isdigit() and not os.path.exists(location):
-        return int(location)
-    match = re.fullmatch(r"/dev/video(\d+)", os.path.realpath(location))
-    if match is None:
-        return None
-    try:
-        return int(match[1]) if stat.S_ISCHR(os.stat(location).st_mode) else None
-    except OSError:
-        return None
-
-
-def _special_kind(path: Path) -> str:
-    mode = path.stat().st_mode
-    for test, name in (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def _unique_names(sources: list[Source]) -> list[Source]:
-    """Two inputs with one name (a/face.jpg, b/face.jpg) get two outputs: face.jpg, face-2.jpg.
-    Names are compared as their outputs are written: a video's as .mp4, case-folded."""
-    taken: set[str] = set()
-    out = []
-    for source in sources:
-        name, n = source.name, 1
-        while _output_key(source.kind, name) in taken:
-            n += 1
-            path = Path(source.name)
-            name = path.with_name(f"{path.stem}-{n}{path.suffix}").as_posix()
-        taken.add(_output_key(source.kind, name))
-        out.append(Source(source.kind, source.location, name))
-    return out
-
-
-def _output_key(kind: str, name: str) -> str:
-    path = Path(name.lower())
-    if kind != "image" or path.suffix not in IMAGE_SUFFIXES:
-        path = path.with_suffix(".mp4" if kind != "image" else ".png")
-    return path.as_posix()
-
-
-def output_path(source: Source, out_dir: Path) -> Path:
-    """Where `source`'s annotated copy goes: its name under `out_dir`; a video or camera as
-    .mp4, an image in a format OpenCV does not write as .png."""
-    target = out_dir / source.name
-    if source.kind != "image":
-        return target.with_suffix(".mp4")
-    return target if target.suffix.lower() in IMAGE_SUFFIXES else target.with_suffix(".png")
-
-
-def check_outputs(
-    paths: list[str], output_dir: str | Path | None = None, files: Iterable[str | Path] = ()
-) -> None:
-    """Refuse (FsanetError) a run over `paths` whose outputs would replace one of its inputs:
-    an annotated copy under `output_dir`, or one of `files` (the JSON Lines or Parquet file;
-    '-' is stdout), that is an input or another name of one. Nothing is read or written; a
-    path that does not exist, or a FIFO, is refused as `collect_sources` refuses it."""
-    sources = collect_sources(paths, quiet=True)
-    annotated = [] if output_dir is None else [output_path(s, Path(output_dir)) for s in sources]
-    _refuse_overwrites(sources, [*annotated, *(Path(f) for f in files if str(f) != "-")])
-
-
-def check_output_paths(
-    paths: list[str], output_dir: str | Path | None, records: str | Path | None
-) -> None:
-    """Fail on an output that cannot be written now, or that would replace an input, before
-    an engine is loaded (or built) and any input read: the annotated copies' folder
-    `output_dir` and the `records` file ('-': stdout)."""
-    if output_dir is not None:
-        ensure_dir(Path(output_dir))
-    if records not in (None, "-"):
-        path = Path(records)  # type: ignore[arg-type]
-        if path.is_dir():
-            raise FsanetError(f"cannot write {path}: it is a folder; give a file name")
-        if not path.exists():
-            ensure_dir(path.parent, path)
-    check_outputs(paths, output_dir, [records] if records is not None else [])
-
-
-def _refuse_overwrites(sources: list[Source], outputs: list[Path]) -> None:
-    refuse_overwrites((s.location for s in sources if s.kind != "camera"), outputs)
-
-
-def _file_source(path: Path, name: str) -> Source:
-    kind = "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
-    return Source(kind, str(path), name)
-
 
 # --- the run -------------------------------------------------------------------------------
 
@@ -289,55 +131,6 @@ def _record(
     return record
 
 
-def _write_image(path: Path, image: np.ndarray) -> None:
-    ok, data = cv2.imencode(path.suffix or ".png", image)
-    if not ok:
-        raise FsanetError(f"cannot encode {path}: OpenCV has no writer for '{path.suffix}'")
-    with atomic_path(path) as tmp, writing(path):
-        tmp.write_bytes(data.tobytes())
-
-
-@contextlib.contextmanager
-def jsonl_writer(path: str | Path | None) -> Iterator[IO[str] | None]:
-    """Where JSON Lines go: None (nowhere), '-' (stdout) or a file written atomically."""
-    if path is None:
-        yield None
-    elif str(path) == "-":
-        yield sys.stdout
-    elif Path(path).is_dir():
-        raise FsanetError(f"cannot write {path}: it is a folder; give a file name")
-    elif Path(path).exists() and not Path(path).is_file():
-        # A device or pipe (/dev/null, a FIFO): write to it, never rename over it.
-        with _Output(path, path) as out:
-            yield out
-    else:
-        remove_stale_outputs(Path(path).absolute().parent)  # what a killed run left
-        with atomic_path(Path(path)) as tmp, _Output(tmp, path) as out:
-            yield out
-
-
-class _Output(io.TextIOWrapper):
-    """A text file opened for writing whose OS errors (disk full, I/O error, over the file
-    size limit) are one line naming `name`, the path the user gave."""
-
-    def __init__(self, file: str | Path, name: str | Path) -> None:
-        self.name_given = name
-        with writing(name):
-            super().__init__(open(file, "wb"), encoding="utf-8")  # noqa: SIM115 (closed by close)
-
-    def write(self, text: str) -> int:
-        with writing(self.name_given):
-            return super().write(text)
-
-    def flush(self) -> None:
-        with writing(self.name_given):
-            super().flush()
-
-    def close(self) -> None:
-        with writing(self.name_given):
-            super().close()
-
-
 class Refused(Exception):
     """An input skipped with a reason."""
 
@@ -403,7 +196,7 @@ def predict(
     out_dir = Path(output_dir) if output_dir is not None else None
     if out_dir is not None:
         sources = _with_output_names(sources, out_dir, summary)
-        _refuse_overwrites(sources, [output_path(s, out_dir) for s in sources])
+        refuse_input_overwrites(sources, [output_path(s, out_dir) for s in sources])
         for folder in {output_path(s, out_dir).parent for s in sources}:
             remove_stale_outputs(folder)  # what a killed run left
     start = time.perf_counter()
@@ -421,7 +214,7 @@ def predict(
             _emit(jsonl, image_records(source, faces, summary, rotation))
             if out_dir is not None:
                 target = output_path(source, out_dir)
-                _write_image(target, annotate(image, faces))
+                write_image(target, annotate(image, faces))
                 summary.outputs.append(str(target))
             bar.set_postfix(fps=f"{summary.images / (time.perf_counter() - start):.1f}")
     for source in (s for s in sources if s.kind != "image"):
@@ -563,7 +356,7 @@ def _run_video(
     )
     try:
         with (
-            _VideoOut(target, fps, camera) as writer,
+            VideoOut(target, fps, camera) as writer,
             progress.bar(total=total or None, desc=source.name, unit="frame") as bar,
         ):
             start = time.perf_counter()
@@ -624,71 +417,3 @@ def _open_video(source: Source, *, single_thread: bool) -> cv2.VideoCapture:
         if capture.isOpened():
             return capture
     return cv2.VideoCapture(source.location)  # any backend OpenCV finds, its own threads
-
-
-class _VideoOut:
-    """An annotated video written in a temporary folder beside its final name (named as
-    `atomic_path` names them, so a killed run's is removed by the next) and renamed into
-    place when done and complete."""
-
-    def __init__(self, target: Path | None, fps: float, keep_on_interrupt: bool) -> None:
-        self.target, self.fps, self.keep_on_interrupt = target, fps, keep_on_interrupt
-        self._writer: cv2.VideoWriter | None = None
-        self._folder: Path | None = None
-        self._tmp: Path | None = None
-        self._frames = 0
-
-    def __enter__(self) -> _VideoOut:
-        if self.target is not None:
-            # Made now: OpenCV's writer would only say it did not open.
-            self._folder = temp_folder(self.target)
-            self._tmp = self._folder / self.target.name
-        return self
-
-    @property
-    def active(self) -> bool:
-        """Whether frames are written (an output was asked for)."""
-        return self._tmp is not None
-
-    def write(self, frame: np.ndarray) -> None:
-        if self._tmp is None:
-            return
-        if self._writer is None:
-            height, width = frame.shape[:2]
-            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, (width, height))
-            if not self._writer.isOpened():
-                raise FsanetError(f"cannot write {self.target}: OpenCV has no mp4v encoder")
-        self._writer.write(frame)
-        self._frames += 1
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        try:
-            if self._writer is not None:
-                self._writer.release()
-            keep = exc_type is None or (
-                isinstance(exc_type, type)
-                and issubclass(exc_type, KeyboardInterrupt)
-                and self.keep_on_interrupt
-            )
-            if keep and self._writer is not None and self.target is not None:
-                self._check_complete()
-                with writing(self.target):
-                    os.replace(self._tmp, self.target)  # type: ignore[arg-type]
-        finally:
-            if self._folder is not None:
-                shutil.rmtree(self._folder, ignore_errors=True)
-
-    def _check_complete(self) -> None:
-        """OpenCV's writer drops OS errors (disk full, over the file size limit) without a
-        word: a video that does not open again with all its frames is not kept."""
-        capture = cv2.VideoCapture(str(self._tmp))
-        try:
-            frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
-        finally:
-            capture.release()
-        if frames != self._frames:
-            raise FsanetError(
-                f"cannot write {self.target}: OpenCV could not finish the video ({frames} "
-                f"of its {self._frames} frames read back; is the disk full?)"
-            )

@@ -10,9 +10,10 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 
-from fsanet.deploy.serve.app import Offload, create_app
+from fsanet.deploy.serve.app import create_app
 from fsanet.deploy.serve.config import ServeConfig
 from fsanet.deploy.serve.limits import HttpError
+from fsanet.deploy.serve.service import Offload
 
 NPY = {"content-type": "application/x-npy"}
 

@@ -160,7 +160,7 @@ CONFIG_SERVER = """
 import json, sys
 from fsanet.api import load
 from fsanet.deploy.serve.config import ServeConfig
-from fsanet.deploy.serve.app import serve
+from fsanet.deploy.serve.server import serve
 from fsanet.deploy.serve.config import Limits
 path, options = sys.argv[1], json.loads(sys.argv[2])
 limits = Limits(**options.pop("limits", {}))

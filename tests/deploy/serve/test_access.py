@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from fsanet.core.errors import FsanetError
-from fsanet.deploy.serve.app import check_tls
 from fsanet.deploy.serve.config import ServeConfig
 from fsanet.deploy.serve.ratelimit import TokenBuckets
+from fsanet.deploy.serve.server import check_tls
 
 NPY = {"content-type": "application/x-npy"}
 GOOD = np.full((1, 64, 64, 3), 100, np.uint8)

@@ -12,8 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from fsanet.deploy.serve.app import create_app, startup_lines
+from fsanet.deploy.serve.app import create_app
 from fsanet.deploy.serve.config import ServeConfig
+from fsanet.deploy.serve.server import startup_lines
 
 NPY = {"content-type": "application/x-npy"}
 

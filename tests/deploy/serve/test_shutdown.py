@@ -129,8 +129,8 @@ def test_requests_on_open_connections_at_shutdown_are_answered_not_reset():
     (closing it would reset that request) are answered, with `connection: close`."""
     import uvicorn
 
-    from fsanet.deploy.serve.app import _Server, listen
     from fsanet.deploy.serve.protocol import limited_protocol
+    from fsanet.deploy.serve.server import _Server, listen
 
     protocol = limited_protocol(
         max_header_bytes=8192, header_timeout_s=5, max_connections=16, metrics=None

@@ -19,7 +19,7 @@ from pyarrow import fs as pafs
 
 from fsanet.core import progress
 from fsanet.core.errors import FsanetError
-from fsanet.faces.predict import IMAGE_SUFFIXES, VIDEO_SUFFIXES, collect_sources
+from fsanet.faces.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, collect_sources
 
 # What a gs:// URI's query may hold: pyarrow's own three, and `anonymous=true` (public
 # buckets and emulators: no credentials), which pyarrow's URIs lack.

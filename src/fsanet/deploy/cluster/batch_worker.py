@@ -25,11 +25,11 @@ from fsanet.faces.predict import (
     MAX_PIXELS,
     PredictSummary,
     Refused,
-    Source,
     decode_image,
     image_records,
     video_records,
 )
+from fsanet.faces.sources import Source
 from fsanet.faces.tracking import OneEuro
 from fsanet.faces.video import VideoOptions
 from fsanet.faces.vision.crop import MARGIN

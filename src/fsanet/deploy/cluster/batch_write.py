@@ -16,7 +16,7 @@ from typing import Any
 from fsanet.core.errors import FsanetError
 from fsanet.core.files import atomic_path, remove_stale_outputs, writing
 from fsanet.faces.options import RECORD_FORMATS
-from fsanet.faces.predict import jsonl_writer
+from fsanet.faces.outputs import jsonl_writer
 
 FORMATS = RECORD_FORMATS
 PARQUET_ROWS = 10_000  # records per row group

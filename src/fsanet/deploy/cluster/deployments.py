@@ -15,9 +15,10 @@ import numpy as np
 from fsanet.deploy.cluster._ray import ray, serve
 from fsanet.deploy.cluster.config import FaceOptions
 from fsanet.deploy.cluster.transfer import Package, Unpacked
-from fsanet.deploy.serve.app import Detected, decode_and_detect
+from fsanet.deploy.serve.app import decode_and_detect
 from fsanet.deploy.serve.config import Limits
 from fsanet.deploy.serve.limits import HttpError
+from fsanet.deploy.serve.service import Detected
 
 # Replicas log warnings only and no line per request: that costs CPU on every call.
 QUIET = {"enable_access_log": False, "log_level": "WARNING"}

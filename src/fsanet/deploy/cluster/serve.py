@@ -38,10 +38,11 @@ from fsanet.deploy.cluster.deployments import DetectDeployment, PoseDeployment, 
 from fsanet.deploy.cluster.gather import Gather
 from fsanet.deploy.cluster.local import connected
 from fsanet.deploy.cluster.transfer import pack, pack_artifact
-from fsanet.deploy.serve.app import Detected, Offload, check_tls
-from fsanet.deploy.serve.app import serve as serve_http
 from fsanet.deploy.serve.config import ServeConfig
 from fsanet.deploy.serve.limits import HttpError
+from fsanet.deploy.serve.server import check_tls
+from fsanet.deploy.serve.server import serve as serve_http
+from fsanet.deploy.serve.service import Detected, Offload
 from fsanet.engine.artifact import Artifact
 from fsanet.engine.backends.base import available_cpus
 from fsanet.engine.pose import PoseEngine

@@ -8,33 +8,21 @@ is a JSON object `{"error": message, "status": code}`; no input can stop the ser
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import ipaddress
-import logging
 import math
 import secrets
-import signal
-import socket
-import ssl
-import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fsanet.core.errors import FsanetError
 from fsanet.deploy.serve.config import Limits, ServeConfig
-from fsanet.engine.backends.base import available_cpus
 
 try:  # the `serve` extra; without it, one line telling how to install it
     import python_multipart  # noqa: F401  (Starlette parses multipart bodies with it)
-    import uvicorn
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -46,8 +34,8 @@ except ImportError as e:
     ) from None
 
 from fsanet.deploy.serve.auth import BearerAuth
-from fsanet.deploy.serve.batcher import DynamicBatcher, Overloaded
-from fsanet.deploy.serve.budget import MB, MemoryBudget, OverBudget
+from fsanet.deploy.serve.batcher import Overloaded
+from fsanet.deploy.serve.budget import OverBudget
 from fsanet.deploy.serve.limits import (
     IMAGE_TYPES,
     NPY_TYPES,
@@ -60,7 +48,6 @@ from fsanet.deploy.serve.limits import (
     parse_npy,
     read_body,
 )
-from fsanet.deploy.serve.metrics import ServeMetrics
 from fsanet.deploy.serve.openapi import (
     CROPS_ANSWER,
     HEALTH_ANSWER,
@@ -71,148 +58,25 @@ from fsanet.deploy.serve.openapi import (
 )
 from fsanet.deploy.serve.protocol import (
     PARSER_ERROR,
-    LimitedHttpProtocol,
-    limited_protocol,
 )
 from fsanet.deploy.serve.ratelimit import RateLimit, TokenBuckets
-from fsanet.deploy.serve.tls import server_context, tls_protocol
+from fsanet.deploy.serve.service import (
+    REQUEST_ID,
+    ClientGone,
+    Detected,
+    FaceCropper,
+    Offload,
+    PoseService,
+)
 
 if TYPE_CHECKING:
     from fsanet.engine.pose import PoseEngine
     from fsanet.faces.estimator import HeadPoseEstimator
-    from fsanet.faces.vision.detect import Detector
 
 ENDPOINTS = ("/v1/pose", "/v1/pose/crops", "/healthz", "/readyz", "/metrics")
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
-REQUEST_ID = "fsanet.request_id"  # scope key; also sent back as the x-request-id header
 CROP_BYTES = 64 * 64 * 3 * 4  # one float32 crop
 FACE_BYTES = CROP_BYTES + CROP_BYTES // 4  # a face found in an image: its uint8 and float32 crops
-log = logging.getLogger("uvicorn.error")  # uvicorn's handler and format
-
-
-class _ClientGone(Exception):
-    pass
-
-
-# What detection gives for one image: the kept detections, their crops, the faces found.
-Detected = tuple[list[Any], np.ndarray, int]
-
-
-class FaceCropper(Protocol):
-    """What detection reads of a HeadPoseEstimator: its detector and crop settings."""
-
-    detector: Detector
-    crop: str
-    margin: float
-    normalize: bool
-
-
-@dataclass(frozen=True)
-class Offload:
-    """The engine and the detector running elsewhere (fsanet.deploy.cluster: Ray replicas) instead
-    of in this process: `infer` turns a batch of checked float32 crops into angles (up to
-    `concurrency` batches of up to `max_batch` crops at once; None: the config's), `detect`
-    turns an image's bytes into `Detected` (None: no face detection). Both raise HttpError
-    for what the client should see."""
-
-    infer: Callable[[np.ndarray], Awaitable[np.ndarray]]
-    detect: Callable[[bytes], Awaitable[Detected]] | None
-    concurrency: int = 1
-    max_batch: int | None = None
-
-
-class PoseService:
-    """The state behind the routes: engine, batcher, detector, metrics.
-
-    With `remote`, the engine and the detector are `remote`'s, and only `engine.name` and
-    `engine.variants` are read."""
-
-    def __init__(
-        self,
-        engine: PoseEngine,
-        config: ServeConfig,
-        estimator: HeadPoseEstimator | None = None,
-        remote: Offload | None = None,
-    ) -> None:
-        self.engine = engine
-        self.config = config
-        self.limits = config.limits
-        self.estimator = estimator
-        self.remote = remote
-        self.faces = estimator is not None or (remote is not None and remote.detect is not None)
-        self.in_flight = 0
-        self.draining = False
-        self.batcher = DynamicBatcher(
-            self._infer if remote is None else remote.infer,
-            max_batch=config.max_batch if remote is None else remote.max_batch or config.max_batch,
-            max_wait_ms=config.max_wait_ms,
-            max_queue=config.limits.max_queue,
-            concurrency=1 if remote is None else remote.concurrency,
-        )
-        self.budget = MemoryBudget(
-            int(config.max_inflight_mb * MB),
-            max_waiting=config.max_waiting,
-            wait_s=config.limits.request_timeout_s,
-        )
-        self.metrics = ServeMetrics(
-            lambda: self.batcher.queue_depth,
-            lambda: self.in_flight,
-            lambda: self.budget.used,
-            lambda: self.budget.waiting,
-            lambda: self.budget.peak,
-        )
-        self.batcher.metrics = self.metrics
-        # Detection and decoding are CPU work too: off the event loop, on every core (one
-        # YuNet session serves every thread).
-        self.vision = ThreadPoolExecutor(available_cpus(), thread_name_prefix="fsanet-vision")
-        # JSON crops are parsed by one thread: a parser holds the GIL in stretches, and several
-        # at once would starve the event loop.
-        self.parsing = ThreadPoolExecutor(1, thread_name_prefix="fsanet-json")
-
-    def _infer(self, crops: np.ndarray) -> np.ndarray:
-        return np.asarray(self.engine(crops), np.float64)
-
-    async def start(self) -> None:
-        await self.batcher.start()
-
-    async def stop(self) -> None:
-        self.draining = True
-        await self.batcher.stop()
-        self.vision.shutdown(wait=True)
-        self.parsing.shutdown(wait=True)
-
-    async def angles(self, request: Request, crops: np.ndarray) -> np.ndarray:
-        """Run crops through the batcher; 503 on timeout or overload, `_ClientGone` if the
-        client disconnects first (its crops are then dropped from the queue)."""
-        result = asyncio.ensure_future(self.batcher.submit(crops))
-        gone = asyncio.ensure_future(_disconnected(request))
-        done, _ = await asyncio.wait(
-            {result, gone},
-            timeout=self.limits.request_timeout_s,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        gone.cancel()
-        if result in done:
-            angles = result.result()
-            if not np.isfinite(angles).all():  # the input was checked: the engine's fault
-                rid = request.scope.get(REQUEST_ID, "?")
-                log.error("request %s: the engine returned non-finite angles", rid)
-                raise HttpError(500, f"internal error: non-finite angles (request {rid})")
-            return angles
-        result.cancel()
-        if gone in done:
-            raise _ClientGone
-        raise HttpError(
-            503,
-            f"no result within {self.limits.request_timeout_s:g} s (server overloaded)",
-            {"Retry-After": "1"},
-        )
-
-
-async def _disconnected(request: Request) -> None:
-    # After the body has been read, the next ASGI message is the disconnect (if any).
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _body(request: Request, limits: Limits) -> bytes:
@@ -327,7 +191,7 @@ def create_app(
     async def _over_budget(request: Request, exc: OverBudget) -> Response:
         return _error(exc.status, str(exc), {"Retry-After": "1"} if exc.status == 503 else None)
 
-    @app.exception_handler(_ClientGone)
+    @app.exception_handler(ClientGone)
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, exc: Exception) -> Response:
         return _error(CLIENT_CLOSED, "the client closed the connection")  # nobody reads it
@@ -520,199 +384,3 @@ def _faces(detections: list[Any], angles: np.ndarray) -> list[Any]:
     from fsanet.faces.face import faces_from
 
     return faces_from(detections, angles)
-
-
-class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, protocol: type[LimitedHttpProtocol]) -> None:
-        super().__init__(config)
-        self.protocol = protocol  # the connections' shared state (handshakes, draining)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """uvicorn's handlers (SIGINT/SIGTERM start a graceful shutdown), without re-raising
-        the signal afterwards: that would kill the process before the engine is closed, and a
-        drained shutdown is a normal exit (code 0)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's, with nothing reset: connections the kernel has accepted but the server
-        not yet taken (closing the listening socket would reset them) are taken in, requests
-        that arrive on open connections are answered (LimitedHttpProtocol.shutdown), and TLS
-        handshakes under way may finish (each within the handshake timeout)."""
-        shared = self.protocol.shared
-        shared.draining = True
-        backlog = [conn for sock in sockets or [] for conn in _accept_all(sock)]
-        for server in self.servers:  # right after: new connections are refused from here on
-            server.close()
-        for sock in sockets or []:
-            sock.close()
-        loop = asyncio.get_running_loop()
-        for conn in backlog:
-            try:
-                await loop.connect_accepted_socket(self._new_protocol, conn)
-            except OSError:  # the client has gone already
-                conn.close()
-        for connection in list(self.server_state.connections):
-            connection.shutdown()
-        while shared.handshaking and not self.force_exit:
-            await asyncio.sleep(0.05)
-        await super().shutdown(sockets)
-
-    def _new_protocol(self) -> asyncio.BaseProtocol:
-        """What uvicorn's server makes for each connection it accepts."""
-        make: Any = self.config.http_protocol_class
-        return make(
-            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
-        )
-
-
-def _accept_all(sock: socket.socket, most: int = 4096) -> list[socket.socket]:
-    """The connections waiting in a listening socket's backlog (without waiting for more)."""
-    sock.setblocking(False)
-    accepted = []
-    for _ in range(most):
-        try:
-            conn, _ = sock.accept()
-        except OSError:  # the backlog is empty (BlockingIOError), or no file descriptor is left
-            break
-        conn.setblocking(False)
-        accepted.append(conn)
-    return accepted
-
-
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """Bind before starting uvicorn, so a busy port is one clear error (and port 0 works)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as e:
-        raise FsanetError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def serve(
-    engine: PoseEngine,
-    config: ServeConfig | None = None,
-    estimator: HeadPoseEstimator | None = None,
-    remote: Offload | None = None,
-) -> None:
-    """Run the service until SIGINT/SIGTERM; shutdown lets requests in flight finish."""
-    config = config or ServeConfig()
-    if remote is None:  # remote replicas warm up their own engines
-        engine.warm_up(config.max_batch)  # before listening: no request waits for it
-    context = tls_context(config)  # a bad certificate or key: one line now, not in uvicorn
-    app = create_app(engine, config, estimator, remote)
-    sock = listen(config.host, config.port)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    scheme = "https" if config.ssl_certfile else "http"
-    print(f"fsanet serve: listening on {scheme}://{shown}:{port}", flush=True)
-    service: PoseService = app.state.service
-    for line in startup_lines(engine.name, config, faces=service.faces, host=host):
-        print(line, file=sys.stderr, flush=True)
-    protocol = limited_protocol(
-        max_header_bytes=config.max_header_bytes,
-        header_timeout_s=config.header_timeout_s,
-        max_connections=config.max_connections,
-        metrics=service.metrics,
-        tls_handshake_timeout_s=config.tls_handshake_timeout_s,
-    )
-    server = _Server(
-        uvicorn.Config(
-            app,
-            # TLS is ours, not uvicorn's: see fsanet.deploy.serve.tls.
-            http=protocol if context is None else tls_protocol(protocol, context),  # type: ignore[arg-type]
-            log_level="warning",
-            access_log=config.access_log,
-            timeout_graceful_shutdown=config.graceful_timeout_s,
-            timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  (a float works)
-            # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise.
-            proxy_headers=bool(config.forwarded_allow_ips),
-            forwarded_allow_ips=list(config.forwarded_allow_ips),
-        ),
-        protocol,
-    )
-    if config.access_log:  # uvicorn set its access logger to log_level: it logs at INFO
-        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
-    server.run(sockets=[sock])
-    print("fsanet serve: stopped", file=sys.stderr, flush=True)
-
-
-def check_tls(config: ServeConfig) -> None:
-    """Load the certificate and key once, to refuse bad ones in one line."""
-    tls_context(config)
-
-
-def tls_context(config: ServeConfig) -> ssl.SSLContext | None:
-    """The server's TLS context (None without a certificate), or a one-line FsanetError."""
-    if config.ssl_certfile is None:
-        return None
-    try:
-        return server_context(config.ssl_certfile, config.ssl_keyfile)
-    except FileNotFoundError as e:
-        raise FsanetError(f"TLS: {e.filename or config.ssl_certfile} does not exist") from None
-    except OSError as e:  # ssl.SSLError is an OSError: a damaged file or a key not matching
-        files = " / ".join(f for f in (config.ssl_certfile, config.ssl_keyfile) if f)
-        reason = getattr(e, "reason", None) or e.strerror or str(e)
-        raise FsanetError(f"TLS: cannot use the certificate and key {files}: {reason}") from None
-
-
-def startup_lines(engine_name: str, config: ServeConfig, *, faces: bool, host: str) -> list[str]:
-    """What `serve` prints to stderr on start: the engine and every limit in force."""
-    lim = config.limits
-    lines = [
-        f"  engine {engine_name}; max batch {config.max_batch}, max wait {config.max_wait_ms:g} ms;"
-        f" faces {'on' if faces else 'off'}",
-        f"  requests: body <= {lim.max_body_bytes / MB:g} MiB, image <= {lim.max_pixels} pixels,"
-        f" <= {lim.max_crops} crops; queue <= {lim.max_queue} crops; in-flight memory <="
-        f" {config.max_inflight_mb:g} MB ({config.max_waiting} may wait)",
-        f"  timeouts: body {lim.body_timeout_s:g} s, request {lim.request_timeout_s:g} s,"
-        f" headers {config.header_timeout_s:g} s, keep-alive {config.keep_alive_s:g} s;"
-        f" headers <= {config.max_header_bytes // 1024} KiB; <= {config.max_connections}"
-        f" connections; auth {'on' if config.api_key is not None else 'off'};"
-        f" docs {'on' if config.docs else 'off'}",
-        f"  clients: rate {_rate(config)}; TLS {_tls(config)}; proxy headers believed from"
-        f" {', '.join(config.forwarded_allow_ips) or 'nobody'}",
-    ]
-    if config.api_key is None and not _is_loopback(host):
-        lines.append(
-            f"fsanet serve: warning: listening on {host} without an API key: anyone who can "
-            "reach it can use this server (set FSANET_API_KEY or an API key file)"
-        )
-    return lines
-
-
-def _tls(config: ServeConfig) -> str:
-    if config.ssl_certfile is None:
-        return "off"
-    return f"on (handshake {config.tls_handshake_timeout_s:g} s)"
-
-
-def _rate(config: ServeConfig) -> str:
-    if config.rate_limit is None:
-        return "unlimited"
-    burst = config.rate_burst or max(1, math.ceil(config.rate_limit))
-    return f"<= {config.rate_limit:g} requests/s per address (bursts of {burst})"
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return host == "localhost"
