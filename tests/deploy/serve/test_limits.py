@@ -188,16 +188,24 @@ def test_big_json_is_parsed_crop_by_crop_like_json_loads():
 
 
 def test_big_json_crop_count_is_refused_before_parsing():
+    import json
     import time
 
     crops = np.full((300, 64, 64, 3), 200, np.float32)
     data = _json_crops(crops)
+    refusals = []
+    for _ in range(2):  # the faster of two: the one least disturbed by other jobs
+        start = time.perf_counter()
+        with pytest.raises(HttpError, match="300 crops") as e:
+            parse_crops_json(data, Limits(max_crops=256))
+        refusals.append(time.perf_counter() - start)
+        assert e.value.status == 413
+    # A numpy scan, not a parse: measured against json.loads of the same ~18 MB on this
+    # machine in this test (the scan takes ~1/6 of it; parsing first would take over 1x).
     start = time.perf_counter()
-    with pytest.raises(HttpError, match="300 crops") as e:
-        parse_crops_json(data, Limits(max_crops=256))
-    assert e.value.status == 413
-    # A numpy scan, not a parse: json.loads of these ~18 MB takes over a second.
-    assert time.perf_counter() - start < 0.8
+    json.loads(data)
+    parse = time.perf_counter() - start
+    assert min(refusals) < 0.5 * parse, (refusals, parse)
 
 
 @pytest.mark.parametrize(

@@ -57,13 +57,24 @@ def test_pixel_range_edges_and_empty_batches_pass():
 
 
 def test_the_range_check_is_cheap():
-    # It runs on every call: on a 32-crop batch it must stay far below one inference (~ms).
+    # It runs on every call, so it must be a couple of numpy reductions (no copy, no mask
+    # over the batch): measured against one plain `max()` over the same 32 crops, timed
+    # interleaved in this test, so a loaded machine slows both alike. Two reductions and a
+    # contiguity check measure ~2-3x one; a boolean mask or a copy would be well over 8x.
     images = np.random.default_rng(0).uniform(0, 255, (32, 64, 64, 3)).astype(np.float32)
     check_images(images)
-    start = time.perf_counter()
-    for _ in range(200):
-        check_images(images)
-    assert (time.perf_counter() - start) / 200 < 1e-3
+
+    def per_call(fn) -> float:
+        start = time.perf_counter()
+        for _ in range(50):
+            fn(images)
+        return (time.perf_counter() - start) / 50
+
+    checks, probes = [], []
+    for _ in range(7):  # the fastest round of each: the one least disturbed by other jobs
+        checks.append(per_call(check_images))
+        probes.append(per_call(np.max))
+    assert min(checks) < 8 * min(probes), (min(checks), min(probes))
 
 
 def test_unknown_backend():
