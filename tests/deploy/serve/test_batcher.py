@@ -102,16 +102,27 @@ def test_batching_off_is_one_call_per_request():
 
 
 def test_max_wait_bounds_the_wait_of_a_lone_request():
-    async def main() -> float:
-        batcher = DynamicBatcher(FakeEngine(), max_batch=32, max_wait_ms=30)
-        await batcher.start()
+    # Ordering, not a time limit: a lone request in a 30 ms batcher is answered while one in a
+    # 10 s batcher, submitted at the same moment, still waits; and not before its 30 ms.
+    async def main() -> tuple[bool, bool, float]:
+        short = DynamicBatcher(FakeEngine(), max_batch=32, max_wait_ms=30)
+        long = DynamicBatcher(FakeEngine(), max_batch=32, max_wait_ms=10_000)
+        await short.start()
+        await long.start()
         start = time.perf_counter()
-        await batcher.submit(crops(1))
+        quick = asyncio.ensure_future(short.submit(crops(1)))
+        slow = asyncio.ensure_future(long.submit(crops(2)))
+        await asyncio.wait([quick, slow], return_when=asyncio.FIRST_COMPLETED)
         elapsed = time.perf_counter() - start
-        await batcher.stop()
-        return elapsed
+        answered = quick.done(), slow.done()
+        await short.stop()
+        await long.stop()  # flushes the 10 s one at once
+        await slow
+        return *answered, elapsed
 
-    assert 0.025 <= run(main()) < 1.0
+    quick_done, slow_done, elapsed = run(main())
+    assert quick_done and not slow_done
+    assert elapsed >= 0.025
 
 
 def test_a_cancelled_request_is_dropped_before_the_engine_runs():
@@ -181,7 +192,8 @@ def test_stop_drains_the_queue():
     start = time.perf_counter()
     results = run(main())
     assert [r[:, 0].tolist() for r in results] == [[0], [1], [2]]
-    assert time.perf_counter() - start < 5
+    # Shorter than the batcher's own max wait: stop flushed the queue, it did not wait it out.
+    assert time.perf_counter() - start < 10.0
 
 
 def test_metrics_count_batches_and_queue_depth():
