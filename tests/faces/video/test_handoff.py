@@ -76,15 +76,21 @@ def test_a_slow_consumer_of_a_camera_gets_fresh_frames_not_a_backlog() -> None:
     hand: Latest = Latest()
     seen, ages = [], []
     frames = decoded(camera.read, 500.0, camera=True)
+    start = time.perf_counter()
     for frame in background(frames, hand=hand):
-        time.sleep(0.02)  # a consumer 10x slower than the camera
+        # Counted in frames the camera has given since this one, when it is handed over: no
+        # assumption on how fast either side runs on this machine.
+        ages.append(camera.read_count - 1 - frame.index)
         seen.append(frame.index)
-        ages.append(camera.read_count - 1 - frame.index)  # frames newer than this one
-    assert hand.dropped > 200 and len(seen) + hand.dropped == 300
+        time.sleep(0.02)  # a consumer 10x slower than the camera
+    took = time.perf_counter() - start
+    assert len(seen) + hand.dropped == 300
+    # The consumer took at most one frame per 20 ms step; the rest were dropped, not queued.
+    assert len(seen) <= took / 0.02 + 1 and hand.dropped > 0, (len(seen), took)
     assert seen == sorted(seen) and seen[-1] == 299  # in order, and the last frame arrives
-    # Bounded latency: a frame is never more than one consumer step (10 camera frames, some
-    # slack for a loaded machine) old, where a queue would fall 270 frames behind.
-    assert max(ages[1:]) <= 25
+    # Bounded latency: each frame handed over is the newest the camera gave (one more may be
+    # in the producer's hand), where a queue would fall 270 frames behind.
+    assert max(ages) <= 2, ages
 
 
 def test_latest_keeps_only_the_newest_item() -> None:
