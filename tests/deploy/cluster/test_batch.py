@@ -528,7 +528,9 @@ def test_gcs_without_credentials_is_one_line_in_bounded_time(
     where = f"gs://{BUCKET}/set?{GCS.format(endpoint=gcs_endpoint)}&retry_limit_seconds=3"
     started = time.monotonic()
     done = run_fsanet("predict", "--ray", where, "-q", env=env)
-    assert time.monotonic() - started < 60  # GCS's own limit is 15 minutes
+    # The 3 s retry limit is honoured, not GCS's own 15 minutes: a hang guard with a wide
+    # margin for a busy machine, not a speed claim.
+    assert time.monotonic() - started < 300
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         f"fsanet: error: cannot open {where}: no Google Cloud credentials (set "

