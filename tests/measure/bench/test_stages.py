@@ -52,8 +52,12 @@ def test_cli_bench_end_to_end_reports_stages_latency_and_angle_change(
     assert same["yaw"] == same["pitch"] == same["roll"] == 0.0 and same["matched"] == 1.0
     fast = runs[2]["change_vs_reference"]
     assert fast["matched"] == 1.0 and 0 < fast["yaw"] < 5
-    # Detection on half the frames: its mean time per frame is about half the reference's
-    assert runs[2]["stage_ms"]["detect"] < 0.75 * runs[0]["stage_ms"]["detect"]
+    # Detection on half the frames at a quarter of the pixels: its mean time per frame is
+    # about 1/8 of the full runs' measured beside it in the same command (a relative check,
+    # not a time limit). 0.75 leaves a 6x margin for a burst of load during this run; the
+    # larger of the two full runs is the reference, so one disturbed run cannot fail it.
+    full = max(runs[0]["stage_ms"]["detect"], runs[1]["stage_ms"]["detect"])
+    assert runs[2]["stage_ms"]["detect"] < 0.75 * full, [r["stage_ms"] for r in runs]
 
     assert main([*argv, "--rounds", "2", "-q"]) == 0
     text = capsys.readouterr().out
