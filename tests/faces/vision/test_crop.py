@@ -39,10 +39,24 @@ def test_crop_box_widens_by_the_margin_and_clips() -> None:
 
 
 def test_crop_faces_batches_every_face_even_at_the_border() -> None:
-    image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    # Each pixel says where it is: blue = 2x, green = 2y, red = 77. A crop's blue and green
+    # ranges are then the columns and rows it was cut from.
+    ys, xs = np.mgrid[0:90, 0:120]
+    image = np.dstack([2 * xs, 2 * ys, np.full_like(xs, 77)]).astype(np.uint8)
     faces = [Detection((10, 10, 40, 40), 0.9), Detection((115, 85, 30, 30), 0.6)]
     crops = crop_faces(image, faces)
     assert crops.shape == (2, 64, 64, 3) and crops.dtype == np.uint8
+    # By hand: thirds drops the top third of the box, then 0.6 of its width and height is
+    # added each side and the result clipped to the image (x in 0..119, y in 0..89).
+    # Face 1: (10, 23.3)-(50, 50) -> x -14..74, y 7.3..66 -> columns 0..73, rows 7..65.
+    # Face 2, past the border: (115, 95)-(145, 115) -> columns 97..118, rows 83..88.
+    for crop, (x0, x1, y0, y1) in zip(crops, [(0, 73, 7, 65), (97, 118, 83, 88)], strict=True):
+        assert (crop[..., 0].min(), crop[..., 0].max()) == (2 * x0, 2 * x1)
+        assert (crop[..., 1].min(), crop[..., 1].max()) == (2 * y0, 2 * y1)
+        assert (crop[..., 2] == 77).all()
+        # Left to right and top to bottom, as in the image (not flipped or transposed).
+        assert (np.diff(crop[..., 0].astype(int), axis=1) >= 0).all()
+        assert (np.diff(crop[..., 1].astype(int), axis=0) >= 0).all()
     assert crop_faces(image, []).shape == (0, 64, 64, 3)
 
 
