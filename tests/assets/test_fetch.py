@@ -114,14 +114,29 @@ def test_cli_fetch_json(shared, capsys):
     assert '"fsanet_capsule_3_16_2_21_5"' in out and '"yunet"' in out
 
 
-def test_cli_fetch_missing_file_is_one_line_exit_1(tmp_path, home, capsys):
+def test_cli_fetch_missing_file_is_one_line_exit_1(tmp_path, home, capsys, monkeypatch):
+    # A registered file that the mirror lacks and whose URL cannot be reached (a loopback port
+    # nobody listens on: no network needed): `fsanet fetch` says so in one line, exit 1.
+    import socket
+
+    from fsanet.assets import zoo
+
+    with socket.socket() as probe:  # a port that was free a moment ago and is closed now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/test.bin"
+    monkeypatch.setitem(zoo.FILES, "test-file", _remote(url))
     empty = tmp_path / "empty"
     empty.mkdir()
-    # The public URL is unreachable here or served: either way, no mirror copy means a clear
-    # error or a verified download. Use a name whose URL cannot resolve to be sure.
-    code = main(["fetch", "nothing-by-this-name", "--mirror", str(empty)])
+    code = main(["fetch", "test-file", "--mirror", str(empty)])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("fsanet: error: unknown model 'nothing-by-this-name'")
+    assert code == 1 and err.startswith("fsanet: error: "), err
+    assert err.count("\n") == 1 and url in err and "--mirror" in err
+    assert _no_leftovers(home / "files") == []  # nothing half-written in the cache
+    # An unknown name is refused before any of that.
+    assert main(["fetch", "nothing-by-this-name", "--mirror", str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fsanet: error: unknown model 'nothing-by-this-name'")
     assert err.count("\n") == 1
 
 
