@@ -83,8 +83,38 @@ def test_a_cancelled_waiter_lets_the_next_one_in():
     run(main())
 
 
-def test_default_budget_is_bounded():
-    assert 64 <= default_inflight_mb() <= 1024
+@pytest.mark.parametrize(
+    ("memory_gib", "expected_mb"),
+    [
+        (24, 1024),  # 24 GiB / 24 = 1 GiB: the cap
+        (96, 1024),  # capped at 1 GiB
+        (12, 512),
+        (2, 85),  # 2048 MiB / 24 = 85.3, whole MiB
+        (1, 64),  # 42.7 MiB: raised to the floor of 64
+        (None, 1024),  # unknown memory: the cap
+    ],
+)
+def test_default_budget_is_a_24th_of_memory_within_64_mb_and_1_gib(
+    monkeypatch, memory_gib, expected_mb
+):
+    from fsanet.deploy.serve import budget
+
+    memory = None if memory_gib is None else memory_gib * 2**30
+    monkeypatch.setattr(budget, "machine_memory", lambda: memory)
+    assert default_inflight_mb() == expected_mb
+
+
+def test_default_budget_of_this_machine_from_proc_meminfo():
+    import os
+
+    from fsanet.deploy.serve.budget import machine_memory
+
+    if not os.path.exists("/proc/meminfo"):
+        pytest.skip("no /proc/meminfo here (not Linux): the default is checked by hand above")
+    with open("/proc/meminfo") as f:  # MemTotal: N kB, read here independently
+        kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    assert machine_memory() == kib * 1024
+    assert default_inflight_mb() == min(1024, max(64, kib * 1024 // 24 // 2**20))
 
 
 def test_a_reservation_resizes_and_a_growing_one_goes_first():
