@@ -121,8 +121,8 @@ def test_bf16_is_refused_on_avx2_in_one_line(avx2):
 def test_an_engine_built_on_another_cpu_class_says_so(avx2, fusion_artifact):
     note = avx2["notes"]["fp32"].strip().splitlines()
     if HERE.isa_class == "avx2":
-        assert note == []
-        return
+        assert note == []  # the same class: nothing to say
+        pytest.skip("this machine is an AVX2 one too: the note for another CPU class not seen")
     assert len(note) == 1 and note[0].startswith("fsanet: note: engine")
     assert f"built and checked on a {HERE.isa_class} CPU" in note[0] and "is avx2" in note[0]
 
@@ -164,7 +164,10 @@ def test_u8s8_int8_saturates_without_vnni(avx2, int8_engines):
     u8s8 = int8_engines["u8s8"]
     if not HERE.int8_dot:  # no VNNI here: the build measured it outside its bound
         assert isinstance(u8s8, str) and "outside its ±0.1° bound" in u8s8
-        return
+        pytest.skip(
+            "no VNNI here: u8s8 refused at build (outside its bound); exact-with-VNNI vs "
+            "saturating-on-AVX2 angles not measured"
+        )
     with PoseEngine.from_artifact(build_artifact(u8s8)) as engine:
         here = engine(avx2["crops"])
     there = np.asarray(avx2["angles"]["u8s8"])

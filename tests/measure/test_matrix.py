@@ -56,7 +56,8 @@ def test_matrix_command_writes_the_table(shared, tmp_path, capsys):
     assert rows[("openvino", "fp32")]["max_abs_diff_deg"] < 1e-3
     assert rows[("onnxruntime", "fp32")]["max_abs_diff_deg"] < 1e-3
     # Per CPU class: bf16 where the CPU has it; fp16 never on ONNX Runtime's x86 kernels.
-    if this_machine().native_bf16:
+    bf16_here = this_machine().native_bf16
+    if bf16_here:
         assert rows[("openvino", "bf16")]["within_bound"] is True
     else:
         assert "no bf16 arithmetic" in missing[("openvino", "bf16")]
@@ -67,7 +68,13 @@ def test_matrix_command_writes_the_table(shared, tmp_path, capsys):
     }  # fmt: skip
     text = output.read_text()
     assert "| openvino | fp32 |" in text and "fsanet matrix" in text
-    assert "| onnxruntime | fp16 | - | none | - |" in text or ("onnxruntime", "fp16") in rows
+    # Every configuration has its line in the table: measured, or "-" where not built.
+    for backend, precision in set(rows) | set(missing):
+        unbuilt = f"| {backend} | {precision} | - | none | - |"
+        assert f"| {backend} | {precision} |" in text
+        assert (unbuilt in text) == ((backend, precision) in missing), unbuilt
+    if not bf16_here:
+        pytest.skip("no native bf16 here: refused as expected; bf16 accuracy not measured")
 
 
 def test_matrix_with_flip_shows_each_engine_without_and_with_it(shared, capsys):
@@ -76,7 +83,8 @@ def test_matrix_with_flip_shows_each_engine_without_and_with_it(shared, capsys):
     data = json.loads(capsys.readouterr().out)
     plain, flip = data["rows"]
     assert (plain["tta"], flip["tta"]) == ("none", "flip")
-    assert flip["mae"] <= 4.98 < plain["mae"] and flip["within_bound"] and plain["within_bound"]
+    # Flip averaging helps: against the plain engine measured in the same command.
+    assert flip["mae"] < plain["mae"] and flip["within_bound"] and plain["within_bound"]
     # Each row is held to TensorFlow run the same way: flip against TF's two calls averaged.
     assert data["reference_tta"]["flip"]["mae"] == pytest.approx(flip["mae"], abs=1e-3)
     assert flip["max_abs_diff_deg"] < 1e-3
