@@ -139,7 +139,7 @@ def test_reduced_precisions_stay_within_their_bound(backend, precision, aflw2000
 
     if precision == "bf16" and not BF16_HERE:
         test_bf16_is_refused_where_the_cpu_has_no_bf16()
-        return
+        pytest.skip("no native bf16 here: refused as expected; bf16 accuracy not measured")
     artifact = build(BuildOptions.create(backend=backend, precision=precision))
     m = artifact.manifest
     accuracy = m.extra["accuracy"]
