@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from fsanet.api import build
@@ -136,3 +137,22 @@ def test_a_build_its_options_refuse_is_listed_with_why():
             assert b.skipped.startswith("unknown int8 scheme 'u8u8' for openvino")
         elif b.skipped is None:
             assert b.options.int8_scheme == "u8u8" and b.backend == "onnxruntime"
+
+
+def test_the_chosen_engine_is_re_scored_on_aflw2000(auto, aflw2000):
+    """Not the build's recorded delta: the engine `auto` picked, run again here on all 1969
+    AFLW2000 crops, against TensorFlow's own graphs run on the same crops in this test."""
+    from fsanet.engine.pose import PoseEngine
+
+    data = aflw2000.evaluation_subset()
+    images, labels = data.images.astype(np.float32), data.poses.astype(np.float64)
+    assert len(images) == 1969
+    with PoseEngine.from_artifact(auto) as engine:
+        chosen = engine(images)
+    with PoseEngine.tensorflow_reference() as reference:
+        tensorflow = reference(images)
+    mae_chosen = float(np.abs(chosen - labels).mean())
+    mae_tensorflow = float(np.abs(tensorflow - labels).mean())
+    bound = PRECISIONS[auto.manifest.precision].mae_bound
+    print(f"auto chose {auto.name}: MAE {mae_chosen:.4f}, TensorFlow {mae_tensorflow:.4f}")
+    assert abs(mae_chosen - mae_tensorflow) <= bound, (mae_chosen, mae_tensorflow, bound)
