@@ -163,3 +163,17 @@ def test_zero_is_allowed_where_it_means_something(capsys):
     assert args.max_wait_ms == 0.0 and args.port == 0
     args = parser().parse_args(["build", "--calibration-size", "0"])
     assert args.calibration_size == 0
+
+
+def test_a_full_disk_on_stdout_is_one_line(shared):
+    """Results written to a full device (/dev/full: ENOSPC on write): one line, exit 1."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "fsanet", "fetch", "capsule", "--mirror", str(shared)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "fsanet: error: cannot write the output: No space left on device"

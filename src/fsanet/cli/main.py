@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         verb_module(args.command).run(args)
+        sys.stdout.flush()  # a full disk or a closed pipe shows here, not after main returns
     except FsanetError as e:
         print(f"fsanet: error: {e}", file=sys.stderr)
         return 1
