@@ -42,7 +42,8 @@ __all__ = ["BatchOptions", "WorkerOptions", "check_ray", "predict_on_ray"]
 
 IMAGES_PER_BATCH = 16  # per actor call: a call's overhead shared, files still spread evenly
 READERS = 4  # read tasks at once: enough to keep the workers fed from disk or a bucket
-_FSANET_ERROR = re.compile(r"^fsanet\.errors\.\w+: (.+)$", re.MULTILINE)
+# How a worker's FsanetError (or a subclass) reads in the traceback text Ray gives back.
+_FSANET_ERROR = re.compile(rf"^{re.escape(FsanetError.__module__)}\.\w+: (.+)$", re.MULTILINE)
 Rows = Iterable[tuple[int, str, str]]  # (order, JSON Lines, counts as JSON) of some files
 
 
