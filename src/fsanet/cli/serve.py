@@ -88,6 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="require this bearer token (401 otherwise; default: $FSANET_API_KEY if set)",
     )
     p.add_argument("--docs", action="store_true", help="serve /docs and /redoc (Swagger UI)")
+    p.add_argument("--no-ui", action="store_true", help="no live page at / (photos, the camera)")
     p.add_argument("--ssl-certfile", metavar="FILE", help="serve HTTPS: the PEM certificate chain")
     p.add_argument(
         "--ssl-keyfile", metavar="FILE", help="its private key (if not in the certificate file)"
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> None:
         forwarded_allow_ips=tuple(args.forwarded_allow_ips),
         api_key=read_api_key(args.api_key_file),
         docs=args.docs,
+        ui=not args.no_ui,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
         **limit_values(args, SERVER_LIMITS),

@@ -68,6 +68,7 @@ from fsanet.deploy.serve.service import (
     Offload,
     PoseService,
 )
+from fsanet.deploy.serve.ui import PageFiles, read_page
 
 if TYPE_CHECKING:
     from fsanet.engine.pose import PoseEngine
@@ -342,6 +343,8 @@ def create_app(
 
     if config.api_key is not None:
         app.add_middleware(BearerAuth, api_key=config.api_key)
+    if config.ui:  # outside auth (the page holds no secret), inside the rate limit
+        app.add_middleware(PageFiles, page=read_page())
     if config.rate_limit is not None:  # outside auth: floods of wrong keys are limited too
         burst = config.rate_burst or max(1, math.ceil(config.rate_limit))
         app.add_middleware(

@@ -127,6 +127,7 @@ class ServeConfig:
     forwarded_allow_ips: tuple[str, ...] = ()
     api_key: str | None = field(default=None, repr=False)  # bearer token; None: no auth
     docs: bool = False  # /docs and /redoc (Swagger UI loads its assets from a CDN)
+    ui: bool = True  # the live page at / (photos, the camera); --no-ui leaves it out
     # Per client address: `rate_limit` requests per second on average, `rate_burst` at once
     # (default: one second's worth); past it 429 with Retry-After. None: no limit.
     rate_limit: float | None = None
