@@ -54,6 +54,19 @@ SERVER_LIMITS = (
         "seconds for a client to finish the TLS handshake; until then its socket counts "
         "against --max-connections and is the first closed when they run out", above=True,
     ),
+    Limit(
+        "--max-streams", "max_streams", int, 1,
+        "WebSocket streams (WS /v1/stream) open at once; past it a new one is closed with 1013",
+    ),
+    Limit(
+        "--stream-idle-timeout", "stream_idle_s", float, 0,
+        "seconds a stream may send no frame before it is closed (4408)", above=True,
+    ),
+    Limit(
+        "--stream-send-timeout", "stream_send_timeout_s", float, 0,
+        "seconds a stream's client may leave an answer unread before the stream is dropped",
+        above=True,
+    ),
 )  # fmt: skip
 
 
@@ -81,6 +94,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="face detector threshold",
     )
     p.add_argument("--no-faces", action="store_true", help="no face detector: crops only")
+    groups.add_video(p)  # how streams run unless they ask otherwise
+    p.add_argument(
+        "--allowed-origins",
+        type=types.library(_origins),
+        default=(),
+        metavar="ORIGIN[,ORIGIN...]",
+        help="pages besides this server's own that may open streams (https://host[:port], or "
+        "*; default: none)",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument(
         "--api-key-file",
@@ -116,6 +138,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _origins(text: str) -> tuple[str, ...]:
+    from fsanet.deploy.serve.config import origin
+
+    try:
+        return tuple(origin(part) for part in types.csv(text))
+    except ValueError as e:
+        raise FsanetError(str(e)) from None
+
+
 def _replicas(text: str) -> Any:
     from fsanet.deploy.cluster.config import Replicas  # no Ray import
 
@@ -136,6 +167,8 @@ def run(args: argparse.Namespace) -> None:
         api_key=read_api_key(args.api_key_file),
         docs=args.docs,
         ui=not args.no_ui,
+        allowed_origins=args.allowed_origins,
+        video=groups.video_options(args),
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
         **limit_values(args, SERVER_LIMITS),

@@ -108,7 +108,7 @@ class PredictSummary:
         return text
 
 
-def _record(
+def face_record(
     source: Source,
     frame: int | None,
     index: int,
@@ -116,8 +116,9 @@ def _record(
     time: float | None = None,
     rotation: bool = False,
 ) -> dict[str, Any]:
-    """One JSON Lines record; `time` is the frame's time in seconds (video), `track` the
-    face's track id (video; null for images), `rotation` adds the 3x3 matrix by rows."""
+    """One JSON Lines record (the server's stream answers hold the same); `time` is the
+    frame's time in seconds (video), `track` the face's track id (video; null for images),
+    `rotation` adds the 3x3 matrix by rows."""
     record = {
         "source": source.location,
         "frame": frame,
@@ -264,7 +265,7 @@ def image_records(
     summary.images += 1
     summary.faces += len(faces)
     _note_truncated(summary, source, faces)
-    return [_record(source, None, i, f, rotation=rotation) for i, f in enumerate(faces)]
+    return [face_record(source, None, i, f, rotation=rotation) for i, f in enumerate(faces)]
 
 
 def video_records(
@@ -371,7 +372,7 @@ def _run_video(
                 _emit(
                     jsonl,
                     [
-                        _record(source, frame.index, i, f, frame.time, rotation)
+                        face_record(source, frame.index, i, f, frame.time, rotation)
                         for i, f in enumerate(faces)
                     ],
                 )

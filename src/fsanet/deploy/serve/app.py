@@ -1,8 +1,9 @@
 """The HTTP service: FastAPI routes over one engine, a dynamic batcher and a face detector.
 
 Routes: `POST /v1/pose` (an image -> faces), `POST /v1/pose/crops` (64x64 crops -> angles),
-`GET /healthz`, `GET /readyz`, `GET /metrics`, and the OpenAPI docs (`/docs`). Every error
-is a JSON object `{"error": message, "status": code}`; no input can stop the server.
+`WS /v1/stream` (camera frames -> tracked faces: fsanet.deploy.serve.stream), `GET /healthz`,
+`GET /readyz`, `GET /metrics`, and the OpenAPI docs (`/docs`). Every error is a JSON object
+`{"error": message, "status": code}`; no input can stop the server.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fsanet.deploy.serve.config import Limits, ServeConfig
 
 try:  # the `serve` extra; without it, one line telling how to install it
     import python_multipart  # noqa: F401  (Starlette parses multipart bodies with it)
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Request, WebSocket
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import ClientDisconnect
@@ -37,6 +38,8 @@ from fsanet.deploy.serve.auth import BearerAuth
 from fsanet.deploy.serve.batcher import Overloaded
 from fsanet.deploy.serve.budget import OverBudget
 from fsanet.deploy.serve.limits import (
+    CROP_BYTES,
+    FACE_BYTES,
     IMAGE_TYPES,
     NPY_TYPES,
     HttpError,
@@ -68,6 +71,7 @@ from fsanet.deploy.serve.service import (
     Offload,
     PoseService,
 )
+from fsanet.deploy.serve.stream.session import serve_stream
 from fsanet.deploy.serve.ui import PageFiles, read_page
 
 if TYPE_CHECKING:
@@ -76,8 +80,6 @@ if TYPE_CHECKING:
 
 ENDPOINTS = ("/v1/pose", "/v1/pose/crops", "/healthz", "/readyz", "/metrics")
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
-CROP_BYTES = 64 * 64 * 3 * 4  # one float32 crop
-FACE_BYTES = CROP_BYTES + CROP_BYTES // 4  # a face found in an image: its uint8 and float32 crops
 
 
 async def _body(request: Request, limits: Limits) -> bytes:
@@ -341,15 +343,24 @@ def create_app(
             service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
+    buckets = None
+    if config.rate_limit is not None:  # one bucket per client for requests and stream frames
+        burst = config.rate_burst or max(1, math.ceil(config.rate_limit))
+        buckets = TokenBuckets(config.rate_limit, burst)
+
+    @app.websocket("/v1/stream")
+    async def stream(websocket: WebSocket) -> None:
+        # Camera frames in, one JSON answer per frame out (docs/SERVING.md, "Streams").
+        await serve_stream(websocket, service, buckets)
+
     if config.api_key is not None:
         app.add_middleware(BearerAuth, api_key=config.api_key)
     if config.ui:  # outside auth (the page holds no secret), inside the rate limit
         app.add_middleware(PageFiles, page=read_page())
-    if config.rate_limit is not None:  # outside auth: floods of wrong keys are limited too
-        burst = config.rate_burst or max(1, math.ceil(config.rate_limit))
+    if buckets is not None:  # outside auth: floods of wrong keys are limited too
         app.add_middleware(
             RateLimit,
-            buckets=TokenBuckets(config.rate_limit, burst),
+            buckets=buckets,
             count=lambda: service.metrics.rejected.inc(reason="rate_limited"),
         )
     app.add_middleware(_Observe, service=service)  # outermost: counts 401s too

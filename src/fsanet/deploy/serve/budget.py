@@ -131,6 +131,13 @@ class MemoryBudget:
                 raise
             raise OverBudget(f"the server is busy (no memory free for {self.wait_s:g} s)") from None
 
+    def take_now(self, nbytes: int) -> bool:
+        """Take `nbytes` if they are free now and nobody waits for them, without waiting."""
+        if self._waiters or self.used + nbytes > self.capacity:
+            return False
+        self._take(nbytes)
+        return True
+
     def release(self, nbytes: int) -> None:
         self.used -= nbytes
         self._wake()

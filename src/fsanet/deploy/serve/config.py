@@ -9,11 +9,12 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from fsanet.core.errors import FsanetError
 from fsanet.deploy.serve.budget import MB, default_inflight_mb, machine_memory
 from fsanet.deploy.serve.protocol import default_max_connections
-from fsanet.faces.options import MAX_FACES, MAX_PIXELS
+from fsanet.faces.options import MAX_FACES, MAX_PIXELS, VideoOptions
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ MAXIMA: dict[str, float] = {
     "graceful_timeout_s": 3600,
     "rate_limit": 1e6,
     "rate_burst": 1e6,
+    "max_streams": 4096,
+    "stream_idle_s": 3600,
+    "stream_send_timeout_s": 3600,
 }
 
 
@@ -136,6 +140,15 @@ class ServeConfig:
     # also be in the certificate file).
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    # Streams (WS /v1/stream): at most `max_streams` at once; one that sends no frame for
+    # `stream_idle_s`, or does not read its answers for `stream_send_timeout_s`, is closed.
+    max_streams: int = 16
+    stream_idle_s: float = 30.0
+    stream_send_timeout_s: float = 10.0
+    # Pages (origins) besides the server's own that may open streams; "*": any.
+    allowed_origins: tuple[str, ...] = ()
+    # How a stream runs unless it asks otherwise (detect every K-th frame, size, scene cuts).
+    video: VideoOptions = field(default_factory=VideoOptions)
 
     def __post_init__(self) -> None:
         problems = not_positive(  # Limits checks its own fields
@@ -147,12 +160,17 @@ class ServeConfig:
             ("keep-alive timeout", self.keep_alive_s),
             ("header size limit", self.max_header_bytes),
             ("TLS handshake timeout", self.tls_handshake_timeout_s),
+            ("max streams", self.max_streams),
+            ("stream idle timeout", self.stream_idle_s),
+            ("stream send timeout", self.stream_send_timeout_s),
         )
         problems += over_maximum(
             self, "max_batch", "max_wait_ms", "graceful_timeout_s", "max_inflight_mb",
             "max_waiting", "max_connections", "header_timeout_s", "keep_alive_s",
             "max_header_bytes", "tls_handshake_timeout_s", "rate_limit", "rate_burst",
+            "max_streams", "stream_idle_s", "stream_send_timeout_s",
         )  # fmt: skip
+        problems += _bad_origins(self.allowed_origins)
         problems += [
             f"forwarded_allow_ips: {x!r} is not an IP address or network"
             for x in self.forwarded_allow_ips
@@ -178,6 +196,41 @@ class ServeConfig:
             problems.append(f"port must lie in [0, 65535], got {self.port}")
         if problems:
             raise FsanetError("; ".join(problems))
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(text: str) -> str:
+    """`scheme://host[:port]` in canonical form (lower case, default port dropped), or "*" and
+    "null" as given; ValueError for anything else."""
+    text = text.strip()
+    if text in ("*", "null"):
+        return text
+    parts = urlsplit(text.lower())
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"{text!r} is not an origin (expected http(s)://host[:port])")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"{text!r} is not an origin: no path, query or user")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{text!r} has a bad port") from None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    if port is None or port == _DEFAULT_PORTS[parts.scheme]:
+        return f"{parts.scheme}://{host}"
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def _bad_origins(origins: tuple[str, ...]) -> list[str]:
+    problems = []
+    for text in origins:
+        try:
+            if origin(text) != text:
+                problems.append(f"allowed_origins: write {text!r} as {origin(text)!r}")
+        except ValueError as e:
+            problems.append(f"allowed_origins: {e}")
+    return problems
 
 
 def _is_network(text: str) -> bool:

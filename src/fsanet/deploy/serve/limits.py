@@ -26,6 +26,8 @@ from fsanet.faces.vision.imageio import image_size as header_size
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
 IMAGE_TYPES = ("image/jpeg", "image/png")
+CROP_BYTES = 64 * 64 * 3 * 4  # one float32 crop
+FACE_BYTES = CROP_BYTES + CROP_BYTES // 4  # a face found in an image: its uint8 and float32 crops
 
 
 class HttpError(Exception):

@@ -92,6 +92,8 @@ class ServeMetrics:
         memory_in_flight: Callable[[], float] = lambda: 0,
         memory_waiting: Callable[[], float] = lambda: 0,
         memory_peak: Callable[[], float] = lambda: 0,
+        streams_open: Callable[[], float] = lambda: 0,
+        memory_budget: Callable[[], float] = lambda: 0,
     ) -> None:
         self.requests = Counter("fsanet_requests_total", "HTTP requests by endpoint and status.")
         self.latency = Histogram(
@@ -108,6 +110,25 @@ class ServeMetrics:
         self.rejected = Counter(
             "fsanet_rejected_total",
             "Requests and connections refused by the HTTP layer before the app, by reason.",
+        )
+        # Streams (WS /v1/stream).
+        self.streams_closed = Counter(
+            "fsanet_streams_closed_total",
+            "Streams ended or refused, by reason (client, idle, send_timeout, unauthorized, "
+            "origin, full, protocol, unavailable, error).",
+        )
+        self.stream_frames = Counter("fsanet_stream_frames_total", "Stream frames answered.")
+        self.stream_skipped = Counter(
+            "fsanet_stream_frames_skipped_total",
+            "Stream frames replaced by a newer one before they were posed.",
+        )
+        self.stream_errors = Counter(
+            "fsanet_stream_frame_errors_total", "Stream frames refused, by status."
+        )
+        self.stream_latency = Histogram(
+            "fsanet_stream_frame_seconds",
+            "Time from a stream frame's arrival to its answer.",
+            LATENCY_BUCKETS,
         )
         self._all: list[Counter | Gauge | Histogram] = [
             self.requests,
@@ -134,6 +155,13 @@ class ServeMetrics:
                 "Requests waiting for the memory budget.",
                 memory_waiting,
             ),
+            Gauge("fsanet_memory_budget_bytes", "The in-flight memory budget.", memory_budget),
+            Gauge("fsanet_streams_open", "Streams open (admitted).", streams_open),
+            self.streams_closed,
+            self.stream_frames,
+            self.stream_skipped,
+            self.stream_errors,
+            self.stream_latency,
         ]
 
     def render(self) -> str:

@@ -31,6 +31,8 @@ from fsanet.deploy.serve.protocol import (
     LimitedHttpProtocol,
     limited_protocol,
 )
+from fsanet.deploy.serve.stream.session import receive_slot
+from fsanet.deploy.serve.stream.transport import CONTROL_BYTES, StreamProtocol
 from fsanet.deploy.serve.tls import server_context, tls_protocol
 
 if TYPE_CHECKING:
@@ -158,6 +160,11 @@ def serve(
             app,
             # TLS is ours, not uvicorn's: see fsanet.deploy.serve.tls.
             http=protocol if context is None else tls_protocol(protocol, context),  # type: ignore[arg-type]
+            # Streams: our websockets protocol (per-stream message limits, a hard drop); no
+            # compression (JPEG frames do not shrink; answers are small).
+            ws=StreamProtocol,
+            ws_max_size=CONTROL_BYTES,
+            ws_per_message_deflate=False,
             log_level="warning",
             access_log=config.access_log,
             timeout_graceful_shutdown=config.graceful_timeout_s,
@@ -209,6 +216,7 @@ def startup_lines(engine_name: str, config: ServeConfig, *, faces: bool, host: s
         f" docs {'on' if config.docs else 'off'}",
         f"  clients: rate {_rate(config)}; TLS {_tls(config)}; proxy headers believed from"
         f" {', '.join(config.forwarded_allow_ips) or 'nobody'}",
+        _streams(config, faces),
     ]
     if config.api_key is None and not _is_loopback(host):
         lines.append(
@@ -216,6 +224,20 @@ def startup_lines(engine_name: str, config: ServeConfig, *, faces: bool, host: s
             "reach it can use this server (set FSANET_API_KEY or an API key file)"
         )
     return lines
+
+
+def _streams(config: ServeConfig, faces: bool) -> str:
+    if not faces:
+        return "  streams: off (no face detector)"
+    slot = receive_slot(config.limits.max_body_bytes) / MB
+    video = config.video
+    size = f" at {video.detect_size} px" if video.detect_size else ""
+    origins = ", ".join(("this server's", *config.allowed_origins))
+    return (
+        f"  streams: <= {config.max_streams} (each holds {slot:g} MiB of the in-flight memory);"
+        f" idle {config.stream_idle_s:g} s, send {config.stream_send_timeout_s:g} s; detect"
+        f" every {video.detect_every}{size} by default; pages from {origins}"
+    )
 
 
 def _tls(config: ServeConfig) -> str:

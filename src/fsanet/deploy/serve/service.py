@@ -91,6 +91,7 @@ class PoseService:
         self.remote = remote
         self.faces = estimator is not None or (remote is not None and remote.detect is not None)
         self.in_flight = 0
+        self.streams = 0  # open streams (WS /v1/stream)
         self.draining = False
         self.batcher = DynamicBatcher(
             self._infer if remote is None else remote.infer,
@@ -110,6 +111,8 @@ class PoseService:
             lambda: self.budget.used,
             lambda: self.budget.waiting,
             lambda: self.budget.peak,
+            lambda: self.streams,
+            lambda: self.budget.capacity,
         )
         self.batcher.metrics = self.metrics
         # Detection and decoding are CPU work too: off the event loop, on every core (one

@@ -180,8 +180,20 @@ class FaceStages:
         total = sum(sizes)
         engine = self.estimator.engine
         angles = np.asarray(engine(np.concatenate(crops)), np.float64) if total else None
-        ends = np.cumsum(sizes)
-        for frame, end, size in zip(group, ends, sizes, strict=True):
+        self.attach(group, angles)
+        spent = time.perf_counter() - start  # shared by crop count (tracking already in)
+        for frame, size in zip(group, sizes, strict=True):
+            share = spent * size / total if total else spent / len(group)
+            frame.seconds["pose"] = frame.seconds.get("pose", 0.0) + share
+        return group
+
+    def attach(self, group: list[VideoFrame], angles: np.ndarray | None) -> list[VideoFrame]:
+        """Angles (rows in the order of the prepared frames' faces; None: no faces) to the
+        faces, then smoothing, frame by frame in order. `finish` without the engine call, for
+        callers that run the engine themselves (the server's stream, through its batcher)."""
+        ends = np.cumsum([len(f.faces) for f in group])
+        for frame, end in zip(group, ends, strict=True):
+            size = len(frame.faces)
             rows = () if angles is None else angles[end - size : end]
             faces = [
                 replace(f, yaw=float(a[0]), pitch=float(a[1]), roll=float(a[2]))
@@ -190,10 +202,6 @@ class FaceStages:
             if self.smoothed is not None:
                 faces = self.smoothed.follow(faces, frame.time)
             frame.faces, frame.crops = faces, None
-        spent = time.perf_counter() - start  # shared by crop count (tracking already in)
-        for frame, size in zip(group, sizes, strict=True):
-            share = spent * size / total if total else spent / len(group)
-            frame.seconds["pose"] = frame.seconds.get("pose", 0.0) + share
         return group
 
     def batched(self, frames: Iterator[VideoFrame]) -> Iterator[VideoFrame]:
