@@ -91,7 +91,7 @@
     let label = `y${degrees(face.yaw)} p${degrees(face.pitch)} r${degrees(face.roll)}`;
     if (face.track !== undefined && face.track !== null) label = `#${face.track} ${label}`;
     if (face.score !== undefined) label += ` ${face.score.toFixed(2)}`;
-    const px = Math.round(12 * t);
+    const px = Math.round(9 * t);
     ctx.font = `${px}px sans-serif`;
     const tw = ctx.measureText(label).width;
     const x0 = Math.max(Math.round(x), 0), y0 = Math.max(Math.round(y) - px - 4 * t, 0);
@@ -205,15 +205,21 @@
 
   function streamUrl() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const query = new URLSearchParams(streamOptions());
-    query.set("smooth", query.get("smooth") === "true" ? "1" : "0");
+    const options = streamOptions();
+    const query = new URLSearchParams({ smooth: options.smooth ? "1" : "0" });
+    if (options.detect_every) query.set("detect_every", options.detect_every);
     return `${scheme}//${location.host}/v1/stream?${query}`;
   }
 
+  // Smoothing on or off; detect every K-th frame (left empty: the server's --detect-every).
   function streamOptions() {
-    const k = Math.max(1, Math.min(30, parseInt($("detect-every").value, 10) || 1));
-    $("detect-every").value = k;
-    return { detect_every: k, smooth: $("smooth").checked };
+    const field = $("detect-every");
+    const options = { smooth: $("smooth").checked };
+    if (field.value.trim() !== "") {
+      options.detect_every = Math.max(1, Math.min(30, parseInt(field.value, 10) || 1));
+      field.value = options.detect_every;
+    }
+    return options;
   }
 
   async function startCamera() {
@@ -427,6 +433,7 @@
   function init() {
     const key = $("key");
     key.value = sessionStorage.getItem(KEY_STORE) || "";
+    $("key-form").addEventListener("submit", (e) => e.preventDefault()); // Enter: nothing to send
     key.addEventListener("input", () => {
       sessionStorage.setItem(KEY_STORE, key.value);
       key.removeAttribute("aria-invalid");
