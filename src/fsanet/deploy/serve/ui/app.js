@@ -10,6 +10,7 @@
   const JPEG_QUALITY = 0.85;
   const ANSWER_TIMEOUT_MS = 10000; // a frame still unanswered then: stop waiting, send anew
   const STATS_WINDOW_MS = 2000; // frames/s over the last 2 s
+  const RETRY_MS = 1000; // after a frame refused with 429 or 503
   const AXIS_COLOURS = ["rgb(255,0,0)", "rgb(0,255,0)", "rgb(0,0,255)"]; // x, y, nose
   const $ = (id) => document.getElementById(id);
 
@@ -244,7 +245,7 @@
     video.srcObject = media;
     const s = {
       media, video, ws: null, sent: 0, inFlight: null, newFrame: false, stopped: false,
-      latest: null, answerTimes: [], rtts: [], skipped: 0, errors: 0, raf: 0, timer: 0,
+      latest: null, answerTimes: [], rtts: [], skipped: 0, errors: 0, raf: 0, timer: 0, pausedUntil: 0,
       grab: document.createElement("canvas"),
     };
     live = s;
@@ -300,6 +301,7 @@
   function pump(s) {
     const v = s.video;
     if (s.stopped || s.inFlight || !s.newFrame || !s.ws || s.ws.readyState !== WebSocket.OPEN) return;
+    if (performance.now() < s.pausedUntil) return; // the server asked to slow down
     if (v.readyState < 2 || !v.videoWidth) return;
     const scale = Math.min(1, MAX_WIDTH / v.videoWidth);
     s.grab.width = Math.round(v.videoWidth * scale);
@@ -345,6 +347,8 @@
       s.errors += 1;
       if (state.recording) state.log.errors.push(msg);
       setStatus(`frame ${msg.frame}: ${msg.error} (${msg.status})`, true);
+      // Rate-limited or busy: wait a second before the next frame instead of hammering.
+      if (msg.status === 429 || msg.status === 503) s.pausedUntil = now + RETRY_MS;
     }
     pump(s);
   }
