@@ -91,7 +91,10 @@ def new_page(browser: Any) -> Iterator[Callable[[str], Any]]:
     contexts = []
 
     def open_page(url: str) -> Any:
-        context = browser.new_context(viewport={"width": 1000, "height": 1100})
+        # A test's self-signed certificate is trusted (HTTPS and its WebSocket, wss:).
+        context = browser.new_context(
+            viewport={"width": 1000, "height": 1100}, ignore_https_errors=True
+        )
         context.set_default_timeout(WAIT_MS)
         contexts.append(context)
         page = context.new_page()
@@ -502,3 +505,48 @@ def test_rate_limited_page_slows_down_and_goes_on(
     # second, counting the seconds the window touches (~11 in 3 s measured), where the page
     # sends one frame per answer (~20 frames/s) unrefused.
     assert sent <= (4 + 1) * (seconds + 1) + 2, (sent, seconds)
+
+
+def test_page_over_https_streams_over_wss(
+    make_server: Callable[..., Server],
+    new_page: Callable[[str], Any],
+    certificate: tuple[Path, Path],
+) -> None:
+    """Served over TLS, the page opens its stream as wss: on the same origin."""
+    import ssl
+
+    cert, key = certificate
+    trust = ssl.create_default_context(cafile=str(cert))
+    server = make_server("--ssl-certfile", str(cert), "--ssl-keyfile", str(key), verify=trust)
+    assert server.url.startswith("https://")
+    page = new_page(server.url)
+    urls: list[str] = []
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    start_camera(page)
+    wait_answers(page, 5)
+    stop_camera(page)
+    assert urls and all(url.startswith(f"wss://127.0.0.1:{server.port}/v1/stream") for url in urls)
+
+
+def test_another_origin_cannot_open_a_stream(ui_server: Server, browser: Any) -> None:
+    """A page of another origin (http://localhost:PORT is not http://127.0.0.1:PORT) opens
+    no stream: refused at the handshake, nothing received; the page's own origin can."""
+    context = browser.new_context()
+    context.set_default_timeout(WAIT_MS)
+    try:
+        page = context.new_page()
+        opened = """url => new Promise((done) => {
+            const ws = new WebSocket(url);
+            ws.onopen = () => { ws.close(); done("open"); };
+            ws.onclose = (e) => done(`closed ${e.code}`);
+        })"""
+        stream = f"ws://127.0.0.1:{ui_server.port}/v1/stream"
+        refused = 'fsanet_streams_closed_total{reason="origin"}'
+        before = ui_server.metric(refused)
+        page.goto(f"http://localhost:{ui_server.port}/readyz")
+        assert page.evaluate(opened, stream) == "closed 1006"
+        assert ui_server.metric(refused) == before + 1  # the server's origin check, not DNS
+        page.goto(f"http://127.0.0.1:{ui_server.port}/readyz")
+        assert page.evaluate(opened, stream) == "open"
+    finally:
+        context.close()
