@@ -1,5 +1,6 @@
 """`fsanet loadtest`: load a local `fsanet serve` with crops or a photo, bounded in time and
-requests: throughput, latency percentiles, errors."""
+requests: throughput, latency percentiles, errors; or with `--stream N`, N WebSocket streams of
+a clip's frames at a camera's rate: frames/s per stream, round trips, skipped frames, errors."""
 
 from __future__ import annotations
 
@@ -41,10 +42,61 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds per request",
     )  # fmt: skip
     p.add_argument("--dataset", metavar="PATH", help="AFLW2000 npz for the crops (cached)")
+    p.add_argument(
+        "--stream", type=types.positive, metavar="N",
+        help="N WebSocket streams (WS /v1/stream) of --video's frames instead",
+    )  # fmt: skip
+    p.add_argument("--video", metavar="CLIP", help="--stream: the frames to send (looped)")
+    p.add_argument(
+        "--fps", type=types.number(float, 0, 240, above=True),
+        help="--stream: frames per second each stream sends (default: the clip's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--size", type=_size, metavar="WxH",
+        help="--stream: frames letterboxed to this size, as a camera sends them (default: "
+        "the clip's)",
+    )  # fmt: skip
+
+
+def _size(text: str) -> tuple[int, int]:
+    sides = text.lower().partition("x")[::2]
+    if all(v.isdecimal() and 16 <= int(v) <= 8192 for v in sides):
+        return int(sides[0]), int(sides[1])
+    raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (16 to 8192 each), got {text!r}")
+
+
+def _streams(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from fsanet.deploy.serve.streamload import clip_fps, clip_frames, run_stream_load
+
+    if not args.video:
+        raise FsanetError("--stream needs --video CLIP (the frames to send)")
+    if args.image:
+        raise FsanetError("--stream sends --video's frames, not --image")
+    if not Path(args.video).is_file():
+        raise FsanetError(f"{args.video} does not exist")
+    report = run_stream_load(
+        args.url,
+        clip_frames(args.video, args.size),
+        clip=Path(args.video).name,
+        streams=args.stream,
+        fps=args.fps or clip_fps(args.video),
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        timeout_s=args.timeout,
+    )
+    groups.emit(args, report.to_dict(), str(report))
 
 
 def run(args: argparse.Namespace) -> None:
     from pathlib import Path
+
+    if args.stream:
+        _streams(args)
+        return
+    if args.video or args.fps or args.size:
+        raise FsanetError("--video, --fps and --size go with --stream N")
 
     from fsanet.deploy.serve.loadtest import crop_bodies, run_load
 
