@@ -230,3 +230,28 @@ def test_serve_config_refuses_bad_settings():
     with pytest.raises(FsanetError, match="request timeout must be positive"):
         ServeConfig(limits=Limits(request_timeout_s=0))
     assert ServeConfig(max_wait_ms=0).max_wait_ms == 0
+
+
+def test_a_job_that_does_not_wait_takes_what_is_queued_and_leaves():
+    engine = FakeEngine()
+
+    async def main() -> tuple[list[np.ndarray], bool]:
+        batcher = DynamicBatcher(engine, max_batch=64, max_wait_ms=10_000)
+        await batcher.start()
+        waiting = asyncio.ensure_future(batcher.submit(crops(1)))
+        await asyncio.sleep(0.05)
+        # A stream's frame: its batch leaves now, with the job queued before it.
+        hurried = await asyncio.wait_for(batcher.submit(crops(2), wait=False), 5)
+        alone = await asyncio.wait_for(batcher.submit(crops(3), wait=False), 5)
+        first = await waiting
+        late = asyncio.ensure_future(batcher.submit(crops(4)))  # waits its 10 s again
+        await asyncio.sleep(0.2)
+        still_waiting = not late.done()
+        late.cancel()
+        await batcher.stop()
+        return [first, hurried, alone], still_waiting
+
+    results, still_waiting = run(main())
+    assert engine.calls == [2, 1]
+    assert [r[:, 0].tolist() for r in results] == [[1], [2], [3]]
+    assert still_waiting  # the hurry ended with the jobs that asked for it

@@ -34,6 +34,7 @@ class Overloaded(Exception):
 class _Job:
     crops: np.ndarray
     future: asyncio.Future[np.ndarray]
+    wait: bool = True  # False: its batch leaves without waiting for more (a stream's frame)
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -62,6 +63,7 @@ class DynamicBatcher:
         self.metrics = metrics
         self._queue: deque[_Job] = deque()
         self._queued_crops = 0
+        self._hurried = 0  # queued jobs that do not wait for company
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
@@ -91,15 +93,19 @@ class DynamicBatcher:
             await self._worker
         self._executor.shutdown(wait=True)
 
-    async def submit(self, crops: np.ndarray) -> np.ndarray:
-        """Angles (N x 3) for N validated float32 crops, computed in some batch."""
+    async def submit(self, crops: np.ndarray, *, wait: bool = True) -> np.ndarray:
+        """Angles (N x 3) for N validated float32 crops, computed in some batch. `wait=False`:
+        the batch leaves as soon as the engine is free, with whatever is queued (a stream's
+        frame: its next one comes a camera frame later, so waiting for company only adds
+        latency; under load the queue fills while the engine runs, and it still shares)."""
         if self._closing or not self.running:
             raise Overloaded("the server is shutting down")
         if self._queued_crops + len(crops) > self.max_queue:
             raise Overloaded(f"the queue is full ({self._queued_crops} crops waiting)")
-        job = _Job(crops, asyncio.get_running_loop().create_future())
+        job = _Job(crops, asyncio.get_running_loop().create_future(), wait)
         self._queue.append(job)
         self._queued_crops += len(crops)
+        self._hurried += not wait
         assert self._wakeup is not None
         self._wakeup.set()
         # The caller may cancel (timeout, client gone): the worker then skips the job.
@@ -163,7 +169,7 @@ class DynamicBatcher:
         """Wait until `max_batch` crops are queued or the oldest job's wait is over."""
         assert self._wakeup is not None
         deadline = self._queue[0].enqueued + self.max_wait
-        while self._queued_crops < self.max_batch and not self._closing:
+        while self._queued_crops < self.max_batch and not self._closing and not self._hurried:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return
@@ -183,11 +189,13 @@ class DynamicBatcher:
             if job.future.done():  # cancelled while waiting: drop it
                 self._queue.popleft()
                 self._queued_crops -= n
+                self._hurried -= not job.wait
                 continue
             if jobs and total + n > self.max_batch:
                 break
             self._queue.popleft()
             self._queued_crops -= n
+            self._hurried -= not job.wait
             jobs.append(job)
             total += n
         return jobs

@@ -365,7 +365,7 @@ class Stream:
         wait_s = self.limits.request_timeout_s
         try:
             async with asyncio.timeout(wait_s):
-                angles = await self.service.batcher.submit(crops)
+                angles = await self.service.batcher.submit(crops, wait=False)
         except TimeoutError:
             raise HttpError(503, f"no result within {wait_s:g} s (server overloaded)") from None
         except Overloaded as e:
