@@ -52,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="--stream: frames per second each stream sends (default: the clip's)",
     )  # fmt: skip
     p.add_argument(
+        "--stream-query", default="", metavar="QUERY",
+        help="--stream: each stream's options as a query string (detect_every=3&smooth=0)",
+    )  # fmt: skip
+    p.add_argument(
         "--size", type=_size, metavar="WxH",
         help="--stream: frames letterboxed to this size, as a camera sends them (default: "
         "the clip's)",
@@ -80,6 +84,7 @@ def _streams(args: argparse.Namespace) -> None:
         args.url,
         clip_frames(args.video, args.size),
         clip=Path(args.video).name,
+        query=args.stream_query,
         streams=args.stream,
         fps=args.fps or clip_fps(args.video),
         duration_s=args.duration,
@@ -95,8 +100,8 @@ def run(args: argparse.Namespace) -> None:
     if args.stream:
         _streams(args)
         return
-    if args.video or args.fps or args.size:
-        raise FsanetError("--video, --fps and --size go with --stream N")
+    if args.video or args.fps or args.size or args.stream_query:
+        raise FsanetError("--video, --fps, --size and --stream-query go with --stream N")
 
     from fsanet.deploy.serve.loadtest import crop_bodies, run_load
 

@@ -535,6 +535,7 @@ def test_loadtest_streams(streams, shared):
             sys.executable, "-m", "fsanet", "loadtest", streams.url, "--json",
             "--stream", "2", "--video", str(shared / "videos" / "talking-head.mp4"),
             "--fps", "10", "--duration", "2", "--size", "640x360",
+            "--stream-query", "detect_every=2",
         ],
         capture_output=True,
         text=True,
@@ -547,6 +548,7 @@ def test_loadtest_streams(streams, shared):
     assert report["frames_answered"] + report["frames_skipped"] <= report["frames_sent"]
     assert report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
     assert report["width"] == 640 and report["height"] == 360
+    assert report["url"].endswith("/v1/stream?detect_every=2")
     text = subprocess.run(
         [
             sys.executable, "-m", "fsanet", "loadtest", streams.url, "--stream", "1",

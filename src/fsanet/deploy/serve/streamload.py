@@ -253,6 +253,7 @@ async def _run(
     url: str,
     frames: list[bytes],
     clip: str,
+    query: str,
     streams: int,
     fps: float,
     duration_s: float,
@@ -267,6 +268,7 @@ async def _run(
     if status != 200:
         raise FsanetError(f"the server at {host}:{port} is not ready (/readyz answered {status})")
     target = f"ws://{host if ':' not in host else f'[{host}]'}:{port}/v1/stream"
+    target += f"?{query.lstrip('?')}" if query else ""
     report = StreamReport(target, clip, streams, fps, _size(frames[0]), duration_s)
     start = time.perf_counter() + 0.1
     measure_from = start + warmup_s
@@ -289,6 +291,7 @@ def run_stream_load(
     frames: list[bytes],
     *,
     clip: str = "clip",
+    query: str = "",
     streams: int = 1,
     fps: float = 30.0,
     duration_s: float = 10.0,
@@ -296,7 +299,8 @@ def run_stream_load(
     timeout_s: float = 30.0,
 ) -> StreamReport:
     """`streams` concurrent streams sending `frames` (cycled) at `fps` each to the server at
-    `url` (http://127.0.0.1:PORT) for `duration_s` after `warmup_s`; loopback only."""
+    `url` (http://127.0.0.1:PORT) for `duration_s` after `warmup_s`; loopback only. `query`:
+    the streams' options (`detect_every=3&smooth=0`)."""
     if not frames:
         raise FsanetError("the stream load needs at least one frame")
     if not 1 <= streams <= MAX_STREAMS:
@@ -307,4 +311,6 @@ def run_stream_load(
         raise FsanetError(f"duration must lie in (0, {MAX_DURATION_S:g}] s, got {duration_s:g}")
     if not 0 <= warmup_s <= 60:
         raise FsanetError(f"warm-up must lie in [0, 60] s, got {warmup_s:g}")
-    return asyncio.run(_run(url, frames, clip, streams, fps, duration_s, warmup_s, timeout_s))
+    return asyncio.run(
+        _run(url, frames, clip, query, streams, fps, duration_s, warmup_s, timeout_s)
+    )
