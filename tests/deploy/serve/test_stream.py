@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import ssl
 import subprocess
@@ -421,6 +422,20 @@ def test_a_killed_client_frees_everything(streams, shared, tmp_path):
         client.wait()
     assert wait_for_metric(streams, "fsanet_streams_open", 0) == 0
     assert wait_for_metric(streams, "fsanet_memory_in_flight_bytes", 0) == 0
+
+
+def test_shutdown_closes_open_streams_with_1012(make_server, shared):
+    srv = make_server()
+    good = clip(shared, "talking-head.mp4", 1)[0]
+
+    async def session() -> tuple[int | None, str | None]:
+        async with opened(srv) as ws:
+            await one_by_one(ws, [good])
+            srv.proc.send_signal(signal.SIGTERM)
+            return await closed(ws)
+
+    assert run(session())[0] == 1012  # "service restart": the client may come back
+    assert srv.proc.wait(timeout=60) == 0
 
 
 # --- access ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
   server buffer a large message before it has a key and a place.
 - A stream that stops reading its answers is dropped hard (`Controls.abort`): a close would
   wait for buffered answers to drain to a client that takes none.
+- Shutting down twice (fsanet's drain, then uvicorn's) closes once, with 1012.
 - Its socket's send buffer is small: answers are a few hundred bytes, and a client that stops
   reading shows within a few dozen answers instead of megabytes of them in the kernel.
 """
@@ -60,6 +61,14 @@ class StreamProtocol(WebSocketsSansIOProtocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         with contextlib.suppress(AttributeError, NotImplementedError):
             transport.set_write_buffer_limits(high=SEND_BUFFER)  # type: ignore[attr-defined]
+
+    def shutdown(self) -> None:
+        # fsanet's drain (server._Server.shutdown) shuts every connection down, then uvicorn's
+        # does it again: a second close frame would raise InvalidState and end the process.
+        if getattr(self, "_shut", False):
+            return
+        self._shut = True
+        super().shutdown()
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
