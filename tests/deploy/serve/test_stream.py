@@ -608,3 +608,17 @@ def test_origins_and_options():
     for message in ({"smooth": 1}, {"detect_every": True}, {"detect_every": 0}, {"zoom": 2}):
         with pytest.raises(Refused):
             StreamOptions().from_message(message)
+
+
+def test_stream_settings_are_checked_and_shown():
+    from fsanet.core.errors import FsanetError
+    from fsanet.deploy.serve.server import startup_lines
+
+    for bad in ({"max_streams": 0}, {"stream_idle_s": float("nan")}, {"max_streams": 10**6}):
+        with pytest.raises(FsanetError, match="stream"):
+            ServeConfig(**bad)
+    config = ServeConfig(max_streams=3, allowed_origins=("https://a.example",))
+    line = startup_lines("fusion", config, faces=True, host="127.0.0.1")[-1]
+    assert line.startswith("  streams: <= 3 (each holds 17 MiB of the in-flight memory)")
+    assert "pages from this server's, https://a.example" in line
+    assert "streams: off" in startup_lines("fusion", config, faces=False, host="127.0.0.1")[-1]
