@@ -142,9 +142,10 @@ def serve(
     app = create_app(engine, config, estimator, remote)
     sock = listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
     scheme = "https" if config.ssl_certfile else "http"
-    print(f"fsanet serve: listening on {scheme}://{shown}:{port}", flush=True)
+    print(f"fsanet serve: listening on {url(scheme, host, port)}", flush=True)
+    if config.ui:
+        print(f"fsanet serve: the live page: {page_address(scheme, host, port)}", flush=True)
     service: PoseService = app.state.service
     for line in startup_lines(engine.name, config, faces=service.faces, host=host):
         print(line, file=sys.stderr, flush=True)
@@ -198,6 +199,17 @@ def tls_context(config: ServeConfig) -> ssl.SSLContext | None:
         files = " / ".join(f for f in (config.ssl_certfile, config.ssl_keyfile) if f)
         reason = getattr(e, "reason", None) or e.strerror or str(e)
         raise FsanetError(f"TLS: cannot use the certificate and key {files}: {reason}") from None
+
+
+def url(scheme: str, host: str, port: int) -> str:
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def page_address(scheme: str, host: str, port: int) -> str:
+    """Where a browser on this machine opens the page: a wildcard bind (0.0.0.0, ::) is not
+    an address to open, so loopback stands for it (others use this machine's address)."""
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+    return url(scheme, wildcard.get(host, host), port) + "/"
 
 
 def startup_lines(engine_name: str, config: ServeConfig, *, faces: bool, host: str) -> list[str]:
