@@ -358,7 +358,8 @@ def test_baseline_tensorflow(fusion_artifact, capsys, monkeypatch):
     trials = chosen["trials"]
     if available_cpus() > 1:
         assert set(trials) == {"split", "intra", "inter", "intra+inter"}
-        assert chosen["setting"] == max(trials, key=trials.__getitem__)
+        # The fastest trial, as reported (rounded to 0.01 img/s: near-equal settings tie).
+        assert trials[chosen["setting"]] == max(trials.values())
     else:  # one core: every setting is the same, none is tried
         assert chosen == {"setting": "split", "trials": {}}
 

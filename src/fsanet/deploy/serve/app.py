@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fsanet.core.errors import FsanetError
 from fsanet.deploy.serve.config import Limits, ServeConfig
+from fsanet.deploy.serve.extra import missing_serve_extra
 
 try:  # the `serve` extra; without it, one line telling how to install it
     import python_multipart  # noqa: F401  (Starlette parses multipart bodies with it)
@@ -30,9 +30,7 @@ try:  # the `serve` extra; without it, one line telling how to install it
     from starlette.requests import ClientDisconnect
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 except ImportError as e:
-    raise FsanetError(
-        f"fsanet serve needs the '{e.name}' package: pip install 'fsanet[serve]'"
-    ) from None
+    raise missing_serve_extra(e) from None
 
 from fsanet.deploy.serve.auth import BearerAuth
 from fsanet.deploy.serve.batcher import Overloaded

@@ -27,16 +27,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from fsanet.core.errors import FsanetError
+from fsanet.deploy.serve.extra import missing_serve_extra
 from fsanet.deploy.serve.metrics import ServeMetrics
 
 try:
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError as e:  # httptools is in the `serve` extra
-    raise FsanetError(
-        f"fsanet serve needs the '{e.name}' package: pip install 'fsanet[serve]'"
-    ) from None
+    raise missing_serve_extra(e) from None
 
 PARSER_ERROR = "fsanet.parser_error"  # scope key: the HTTP parser refused this request's body
 

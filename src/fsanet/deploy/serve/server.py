@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from fsanet.core.errors import FsanetError
 from fsanet.deploy.serve.config import ServeConfig
+from fsanet.deploy.serve.extra import missing_serve_extra
 
 try:  # the `serve` extra; without it, one line telling how to install it
     import uvicorn
 except ImportError as e:
-    raise FsanetError(
-        f"fsanet serve needs the '{e.name}' package: pip install 'fsanet[serve]'"
-    ) from None
+    raise missing_serve_extra(e) from None
 
 from fsanet.deploy.serve.budget import MB
 from fsanet.deploy.serve.protocol import (

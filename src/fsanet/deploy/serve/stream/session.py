@@ -27,9 +27,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from fastapi import WebSocket
-from fastapi.responses import JSONResponse
-from starlette.websockets import WebSocketDisconnect
+
+from fsanet.deploy.serve.extra import missing_serve_extra
+
+try:  # the `serve` extra
+    from fastapi import WebSocket
+    from fastapi.responses import JSONResponse
+    from starlette.websockets import WebSocketDisconnect
+except ImportError as e:
+    raise missing_serve_extra(e) from None
 
 from fsanet.deploy.serve.batcher import Overloaded
 from fsanet.deploy.serve.budget import OverBudget, Reservation

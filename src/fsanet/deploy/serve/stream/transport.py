@@ -18,14 +18,12 @@ import contextlib
 import socket
 from typing import Any
 
-from fsanet.core.errors import FsanetError
+from fsanet.deploy.serve.extra import missing_serve_extra
 
 try:  # the `serve` extra
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 except ImportError as e:
-    raise FsanetError(
-        f"fsanet serve needs the '{e.name}' package: pip install 'fsanet[serve]'"
-    ) from None
+    raise missing_serve_extra(e) from None
 
 TRANSPORT = "fsanet.stream_transport"  # scope key: the connection's `Controls`
 CONTROL_BYTES = 64 * 1024  # the largest message before admission, and any text message
