@@ -14,7 +14,7 @@ def test_every_supported_combination():
     assert ("onnxruntime", "fp32", None) in configs
     assert ("openvino", "bf16", None) in configs
     assert ("onnxruntime", "bf16", None) not in configs  # bf16 is OpenVINO's
-    assert ("openvino", "fp16", None) not in configs
+    assert ("openvino", "fp16", None) in configs  # the f16 hint, where the CPU runs it
     assert [c for c in configs if c[:2] == ("openvino", "int8")] == [
         ("openvino", "int8", "minmax"),
         ("openvino", "int8", "entropy"),
@@ -63,8 +63,11 @@ def test_matrix_command_writes_the_table(shared, tmp_path, capsys):
         assert "no bf16 arithmetic" in missing[("openvino", "bf16")]
     if this_machine().arch == "x86_64":
         assert "no fp16 convolution" in missing[("onnxruntime", "fp16")]
+    if not this_machine().native_fp16:
+        assert "would run the engine in fp32" in missing[("openvino", "fp16")]
     assert set(rows) | set(missing) == {
-        ("openvino", "fp32"), ("openvino", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16")
+        ("openvino", "fp32"), ("openvino", "bf16"), ("onnxruntime", "fp32"),
+        ("onnxruntime", "fp16"), ("openvino", "fp16"),
     }  # fmt: skip
     text = output.read_text()
     assert "| openvino | fp32 |" in text and "fsanet matrix" in text

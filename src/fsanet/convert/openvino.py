@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import tempfile
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,55 @@ def quantize(ov_model: object, calibration: np.ndarray | None, method: str, pres
                 activations_range_estimator_params=estimators[method]
             ),
         )
+
+
+def compiled_as(hint: str) -> tuple[str, list[str]]:
+    """Ask OpenVINO what a one-convolution model compiled with this inference precision hint
+    really runs: the hint it kept (e.g. "f32" where the CPU lacks the type; on ARM "bf16"
+    becomes "f16") and the runtime precision of its convolution."""
+    ov = import_openvino()
+    import openvino.opset13 as ops
+
+    x = ops.parameter([1, 8, 16, 16], ov.Type.f32, name="x")
+    weights = ops.constant(np.ones((8, 8, 3, 3), np.float32))
+    conv = ops.convolution(x, weights, [1, 1], [1, 1], [1, 1], [1, 1])
+    compiled = ov.Core().compile_model(
+        ov.Model([conv], [x], "probe"), "CPU", {"INFERENCE_PRECISION_HINT": hint}
+    )
+    kept = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    convs = [
+        op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in compiled.get_runtime_model().get_ordered_ops()
+        if op.get_rt_info()["layerType"].astype(str) == "Convolution"
+    ]
+    return kept, convs
+
+
+# The layers an fp16 engine lets OpenVINO run in f16: the convolutions (with what it fuses
+# into them). With the f16 hint on ARM, OpenVINO otherwise runs everything in f16, and the
+# capsule routing and regression heads overflow (NaN angles on AFLW2000, measured under
+# emulation; docs/ARM.md).
+_F16_LAYERS = {"Convolution", "GroupConvolution", "Parameter", "Result", "Const"}
+# OpenVINO's runtime attribute that keeps a layer out of a lower inference precision. Its
+# Python API cannot set it, but its IR reader restores it from this element.
+_KEEP_FP32 = {"name": "DisablePrecisionConversion", "version": "0", "value": "dynamic:f16"}
+
+
+def keep_fp32_outside_convolutions(xml_path: Path) -> int:
+    """Mark every IR layer but the convolutions to stay in fp32 under an f16 hint; returns
+    how many were marked."""
+    tree = ET.parse(xml_path)
+    marked = 0
+    for layer in tree.getroot().iter("layer"):
+        if layer.get("type") in _F16_LAYERS:
+            continue
+        info = layer.find("rt_info")
+        if info is None:
+            info = ET.Element("rt_info")
+            # The IR reader expects rt_info before the ports.
+            ports = [i for i, child in enumerate(layer) if child.tag in ("input", "output")]
+            layer.insert(ports[0] if ports else len(layer), info)
+        ET.SubElement(info, "attribute", _KEEP_FP32)
+        marked += 1
+    tree.write(xml_path, encoding="utf-8", xml_declaration=True)
+    return marked

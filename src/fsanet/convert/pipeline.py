@@ -38,11 +38,17 @@ def find_artifact(options: BuildOptions) -> Artifact | None:
         return None
 
 
-def build(options: BuildOptions, mirror: str | None = None, force: bool = False) -> Artifact:
+def build(
+    options: BuildOptions,
+    mirror: str | None = None,
+    force: bool = False,
+    sources: Sources | None = None,
+) -> Artifact:
     """Build (or reuse) the artifact for `options`. Nothing is written unless the engine
     executes the precision it is labelled with, an fp32 engine matches TensorFlow, and its
     AFLW2000 accuracy is within its precision's bound. int8 tries this CPU's settings in
-    order (`int8_schemes`) and keeps the first within the bound."""
+    order (`int8_schemes`) and keeps the first within the bound. `sources`: the converted
+    graphs and TensorFlow's reference made elsewhere (default: made here)."""
     if not force and (cached := find_artifact(options)) is not None:
         return cached
     # Fail now if nothing could be saved, and clear what killed builds left behind.
@@ -50,7 +56,7 @@ def build(options: BuildOptions, mirror: str | None = None, force: bool = False)
     if options.precision == AUTO:  # chosen by measuring, above this layer
         raise FsanetError("precision auto is resolved by fsanet.build / fsanet.load, not here")
     machine = this_machine()  # the options checked that it runs the precision natively
-    sources = prepare_sources(options, mirror)
+    sources = sources or prepare_sources(options, mirror)
     precision = PRECISIONS[options.precision]
     tried: list[dict[str, Any]] = []
     for scheme in precision.attempts(options.backend, machine, options.int8_scheme):
@@ -116,6 +122,11 @@ def _build_one(
                 "fused": options.fuse,
                 "layout": options.layout,
                 "flops": _flops_per_image(sources.flops, options.tta),
+                "reference": {
+                    **sources.reference_info,
+                    "num_images": len(sources.evaluation),
+                    "num_parity_inputs": len(sources.parity.images),
+                },
                 **(
                     {"calibration": _calibration_record(options, len(sources.evaluation))}
                     if options.calibrates
@@ -238,6 +249,8 @@ def _write_model(
 
         xml = directory / f"{name}.xml"
         to_openvino(model, xml, lambda ir: precision.convert("openvino", ir, calibration))
+        if (finish := precision.backends["openvino"].finish_ir) is not None:
+            finish(xml)
         bin_file = xml.with_suffix(".bin")
         return ModelFile(
             xml.name, sha256_file(xml), input_name, outputs, bin_file.name, sha256_file(bin_file)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fsanet.core.errors import FsanetError
@@ -54,6 +55,8 @@ class Backend:
 
     convert: Convert = _as_is
     unsupported: Callable[[Machine], str | None] = _runs_natively
+    # A step on the IR file once written (OpenVINO; for what its Python API cannot set).
+    finish_ir: Callable[[Path], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,18 +127,51 @@ def _openvino_int8(ir: Any, calibration: Calibration) -> Any:
     return quantize(ir, calibration.images, calibration.method, calibration.scheme or "performance")
 
 
+def _openvino_fp16_ir(xml_path: Path) -> None:
+    from fsanet.convert.openvino import keep_fp32_outside_convolutions
+
+    keep_fp32_outside_convolutions(xml_path)
+
+
 # Native support, asked of the runtimes.
 
 
-def _no_openvino_bf16(machine: Machine) -> str | None:
-    from fsanet.convert.openvino import import_openvino
+def _is_arm(machine: Machine) -> bool:
+    return machine.arch in ("aarch64", "arm64")
 
-    capabilities = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    if "BF16" in capabilities:
+
+def _named(ov_type: str) -> str:
+    return {"f32": "fp32", "f16": "fp16"}.get(ov_type, ov_type)
+
+
+def _no_openvino_fp16(machine: Machine) -> str | None:
+    from fsanet.convert.openvino import compiled_as
+
+    kept, convs = compiled_as("f16")
+    if kept == "f16" and convs and all(c == "f16" for c in convs):
         return None
+    feature = "FP16 arithmetic (ARMv8.2 asimdhp)" if _is_arm(machine) else "AVX512-FP16/AMX-FP16"
+    return (
+        f"this CPU ({machine.model}, {machine.isa_class}) has no {feature}, so OpenVINO "
+        f"would run the engine in {_named(kept)}"
+    )
+
+
+def _no_openvino_bf16(machine: Machine) -> str | None:
+    from fsanet.convert.openvino import compiled_as
+
+    kept, convs = compiled_as("bf16")
+    if kept == "bf16" and convs and all(c == "bf16" for c in convs):
+        return None
+    if _is_arm(machine):  # measured: OpenVINO's ARM plugin turns a bf16 hint into f16
+        return (
+            f"OpenVINO's ARM CPU plugin has no bf16 kernels: on this CPU ({machine.model}, "
+            f"{machine.isa_class}) a bf16 engine would run in {_named(kept)}, so a bf16 label "
+            "would be false (fp16 is the reduced precision it runs)"
+        )
     return (
         f"this CPU ({machine.model}, {machine.isa_class}) has no bf16 arithmetic "
-        "(avx512_bf16 or amx_bf16), so OpenVINO would run the engine in fp32"
+        f"(avx512_bf16 or amx_bf16), so OpenVINO would run the engine in {_named(kept)}"
     )
 
 
@@ -144,9 +180,15 @@ def _no_onnxruntime_fp16(machine: Machine) -> str | None:
 
     if runs_fp16_conv():
         return None
+    cpu = f"this CPU ({machine.model}, {machine.isa_class})"
+    if _is_arm(machine):
+        return (
+            f"{cpu} has no FP16 arithmetic (ARMv8.2 asimdhp), so ONNX Runtime would cast "
+            "every layer back to fp32"
+        )
     return (
-        f"ONNX Runtime's CPU kernels for this CPU ({machine.model}, {machine.isa_class}) "
-        "have no fp16 convolution, so it would cast every layer back to fp32"
+        f"ONNX Runtime's CPU kernels for {cpu} have no fp16 convolution, so it would cast "
+        "every layer back to fp32"
     )
 
 
@@ -215,10 +257,15 @@ PRECISIONS: dict[str, Precision] = {
         Precision(
             "fp16",
             ("force_float16", "float16"),
-            # OpenVINO's reduced float on CPUs is bf16.
-            {"onnxruntime": Backend(_onnx_fp16, _no_onnxruntime_fp16)},
-            needs_calibration=True,  # its range check: ops that would overflow stay fp32
+            {
+                "onnxruntime": Backend(_onnx_fp16, _no_onnxruntime_fp16),
+                # The IR stays fp32; the f16 hint runs its convolutions in f16, the rest
+                # marked to stay fp32 (the capsule part overflows in f16).
+                "openvino": Backend(unsupported=_no_openvino_fp16, finish_ir=_openvino_fp16_ir),
+            },
+            needs_calibration=True,  # ONNX Runtime's range check: ops that would overflow
             mae_bound=0.02,
+            hint="fp16",
         ),
         Precision(
             "bf16",

@@ -7,7 +7,8 @@ so it is done once per process for the same graphs.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import importlib.metadata
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from fsanet.assets.fetch import fetch
 from fsanet.assets.zoo import FUSION, VARIANTS, Variant
 from fsanet.core import progress
 from fsanet.core.errors import FsanetError
+from fsanet.core.machine import this_machine
 from fsanet.engine.pose import PoseEngine
 from fsanet.engine.tta import FLIP, NONE, flip_average
 
@@ -70,6 +72,27 @@ class Sources:
     parity: ParityInputs
     reference_parity: dict[str, np.ndarray]  # TensorFlow's outputs on the parity inputs
     reference_fused: dict[str, np.ndarray]  # TensorFlow's fusion (and views) on the evaluation set
+    # Where the reference ran: TensorFlow's version and the machine (a build's manifest says
+    # where it was checked; the reference does not depend on the machine, see docs/ARM.md).
+    reference_info: dict[str, Any] = field(default_factory=dict)
+
+    def subset(self, images: int, parity: int) -> Sources:
+        """The same sources checked on fewer images: `images` evaluation crops evenly spread
+        over the 1969, and `parity` real plus `parity` random parity inputs. For machines
+        where running all of them takes hours (emulated CPUs); the manifest records the
+        numbers used."""
+        from fsanet.assets.aflw2000 import Aflw2000
+
+        pick = np.linspace(0, len(self.evaluation) - 1, images).round().astype(int)
+        inputs = self.parity
+        keep = np.r_[0:parity, inputs.num_real : inputs.num_real + parity]
+        return replace(
+            self,
+            evaluation=Aflw2000(self.evaluation.images[pick], self.evaluation.poses[pick]),
+            parity=ParityInputs(inputs.images[keep], parity, parity),
+            reference_parity={k: v[keep] for k, v in self.reference_parity.items()},
+            reference_fused={k: v[pick] for k, v in self.reference_fused.items()},
+        )
 
 
 def prepare_sources(options: BuildOptions, mirror: str | None = None) -> Sources:
@@ -130,7 +153,22 @@ def _sources(
         inputs,
         theirs_parity,
         theirs_fused,
+        _reference_info(),
     )
+
+
+def _reference_info() -> dict[str, Any]:
+    machine = this_machine().to_dict()
+    return {"tool": "tensorflow", "version": _tensorflow_version(), "machine": machine}
+
+
+def _tensorflow_version() -> str:
+    for package in ("tensorflow-cpu", "tensorflow"):
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def _flops(models: list[Any]) -> dict[str, Any]:

@@ -100,7 +100,8 @@ def check_accuracy(engine: PoseEngine, sources: Sources, options: BuildOptions) 
     delta = mae(fused, everything) - mae(theirs, everything)
     within = abs(delta) <= bound
     report = {
-        "dataset": "AFLW2000 (1969 images within ±99°)",
+        "dataset": f"AFLW2000 ({len(evaluation)} images within ±99°)",
+        "num_images": len(evaluation),
         "mae": mae(fused, everything),
         "per_axis": dict(zip(AXES, errors(fused, everything).tolist(), strict=True)),
         "mae_fp32_tensorflow": mae(theirs, everything),

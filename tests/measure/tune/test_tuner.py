@@ -120,6 +120,7 @@ def test_the_candidates_are_the_precision_registry():
         ("onnxruntime", "int8", "plain"),
         ("openvino", "fp32", "plain"),
         ("openvino", "fp32", "stacked"),
+        ("openvino", "fp16", "plain"),  # the f16 hint, where the CPU has FP16 (ARM)
         ("openvino", "bf16", "plain"),
         ("openvino", "bf16", "stacked"),
         ("openvino", "int8", "plain"),

@@ -28,7 +28,7 @@ from fsanet.engine.backends.base import (
 
 # Our precision names -> OpenVINO's inference precision hint. int8 IR carries its own
 # quantised ops; the float parts around them stay fp32.
-_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 
 
 _MATMULS = ("FullyConnected", "MatMul")
