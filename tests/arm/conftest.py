@@ -63,8 +63,9 @@ ROOT = Path(os.environ.get("FSANET_ARM_ROOT", "/var/cache/fsanet-arm"))
 QEMU = shutil.which("qemu-aarch64-static")
 MISSING = [t for t in ("qemu-aarch64-static", "debootstrap") if shutil.which(t) is None]
 # Host folders an emulated process must see as they are (devices, temporaries, the host's
-# sysfs for everything the view does not override).
-HOST_FOLDERS = {"dev", "proc", "sys", "tmp", "run"}
+# sysfs for everything the view does not override, and /var where the wheels are cached:
+# through a symlinked /var, os.path.realpath sends OpenCV's loader to a path that is not there).
+HOST_FOLDERS = {"dev", "proc", "sys", "tmp", "run", "var"}
 
 
 def unavailable(reason: str) -> None:

@@ -1,11 +1,15 @@
 """Run under qemu-aarch64 by tests/arm: what an emulated aarch64 CPU detects and computes.
 
-argv[1] is a JSON object: {"crops": npy path, "engines": {backend: artifact dir},
-"fp16_model": ONNX path or null, "fp16_output": its output, "fp16_crops": how many crops
-it runs on, "work": a writable folder}. Prints one JSON object (the last line): the
-machine, OpenVINO's view of the CPU, and per engine its fused angles, what executed and the
-seconds per crop; for the fp16 model, the kernels ONNX Runtime's profiler saw and its
-angles.
+argv[1] is a JSON object, every part optional: {"crops": npy path, "engines": {backend:
+artifact dir}, "fp16_model": ONNX path or null, "fp16_output": its output, "fp16_crops": how
+many crops it runs on, "work": a writable folder, "builds": [[precision, backend], ...],
+"sources": the host's pickled fsanet.convert.sources.Sources (converted graphs and
+TensorFlow's reference on a subset of AFLW2000), "calibration_size": for the builds,
+"predict": the arguments of an `fsanet predict` run in this process}. Prints one JSON object
+(the last line): the machine; with crops, OpenVINO's view of the CPU, per engine its fused
+angles, what executed and the seconds per crop, for the fp16 model the kernels ONNX
+Runtime's profiler saw and its angles, and `--precision auto`'s candidate builds; per build,
+its manifest or the one-line refusal; predict's exit code.
 
 An emulated process cannot start another aarch64 program: everything runs in this one.
 """
@@ -109,16 +113,74 @@ def profile_fp16(model: str, output: str, crops: np.ndarray, work: Path) -> dict
     }
 
 
+def run_builds(task: dict, work: Path) -> list[dict]:
+    """fsanet's own build on this CPU, from the host's sources (no TensorFlow here): each
+    precision is refused in one line or written with its manifest (what executed, accuracy
+    against TensorFlow's MAE on the same crops)."""
+    import os
+    import pickle
+
+    from fsanet.convert.options import BuildOptions
+    from fsanet.convert.pipeline import build
+    from fsanet.core.errors import FsanetError
+
+    os.environ["FSANET_HOME"] = str(work / "home")
+    sources = pickle.loads(Path(task["sources"]).read_bytes())
+    results = []
+    for precision, backend in task["builds"]:
+        entry: dict = {"precision": precision, "backend": backend}
+        start = time.perf_counter()
+        try:
+            options = BuildOptions.create(
+                precision=precision, backend=backend, calibration_size=task["calibration_size"]
+            )
+            with contextlib.redirect_stderr(io.StringIO()):
+                entry["manifest"] = build(options, sources=sources).manifest.to_dict()
+        except FsanetError as e:
+            entry["refused"] = str(e)
+        entry["seconds"] = time.perf_counter() - start
+        results.append(entry)
+    return results
+
+
+def auto_candidates() -> list[dict]:
+    """The builds `--precision auto` would measure here, or why each is skipped."""
+    from fsanet.convert.options import BuildOptions
+    from fsanet.measure.tune.candidates import builds
+
+    base = BuildOptions.create(precision="auto")
+    return [
+        {"backend": b.backend, "precision": b.precision, "layout": b.layout, "skipped": b.skipped}
+        for b in builds(base, this_machine())
+    ]
+
+
+def predict(args: list[str]) -> int:
+    from fsanet.cli.main import main as cli
+
+    try:
+        return cli(args) or 0
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
 def main() -> dict:
     task = json.loads(sys.argv[1])
-    crops = np.load(task["crops"])
-    out: dict = {"machine": this_machine().to_dict(), "openvino": openvino_view(), "engines": {}}
-    for backend, path in task["engines"].items():
-        out["engines"][backend] = run_engine(path, crops)
-    if task.get("fp16_model"):
-        n = int(task.get("fp16_crops", 4))
-        model, output = task["fp16_model"], task.get("fp16_output", "fusion")
-        out["fp16"] = profile_fp16(model, output, crops[:n], Path(task["work"]))
+    out: dict = {"machine": this_machine().to_dict()}
+    if "crops" in task:  # the probe: runtimes' view, host-built engines, auto's candidates
+        crops = np.load(task["crops"])
+        out |= {"openvino": openvino_view(), "engines": {}}
+        for backend, path in task["engines"].items():
+            out["engines"][backend] = run_engine(path, crops)
+        if task.get("fp16_model"):
+            n = int(task.get("fp16_crops", 4))
+            model, output = task["fp16_model"], task.get("fp16_output", "fusion")
+            out["fp16"] = profile_fp16(model, output, crops[:n], Path(task["work"]))
+        out["auto"] = auto_candidates()
+    if task.get("predict"):
+        out["predict"] = predict(task["predict"])
+    if task.get("builds"):
+        out["builds"] = run_builds(task, Path(task["work"]))
     return out
 
 
