@@ -313,7 +313,7 @@ def _built(emulated: dict, cpu: str, precision: str, backend: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("cpu", "backend"), [("neoverse-n1", "onnxruntime"), ("max,sme=off", "openvino")]
+    ("cpu", "backend"), [("neoverse-n1", "onnxruntime"), ("neoverse-n1", "openvino")]
 )
 def test_fp16_is_built_where_the_cpu_has_fp16_arithmetic(emulated, build_sources, cpu, backend):
     """The vendor sample's force_float16, by fsanet's own build on the emulated CPU: the
