@@ -160,6 +160,16 @@ def _batch_totals(metrics: bytes) -> tuple[float, float]:
     return total, count
 
 
+async def check_ready(host: str, port: int, timeout_s: float) -> None:
+    """One line, before any load, when no server answers or it is not ready."""
+    try:
+        status, _ = await asyncio.wait_for(_get(host, port, "/readyz"), timeout_s)
+    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
+        raise FsanetError(f"no server answers at {host}:{port} ({e or type(e).__name__})") from None
+    if status != 200:
+        raise FsanetError(f"the server at {host}:{port} is not ready (/readyz answered {status})")
+
+
 async def _run(
     url: str,
     bodies: list[bytes],
@@ -172,12 +182,7 @@ async def _run(
     warmup_s: float,
 ) -> LoadReport:
     host, port, path = loopback_target(url)
-    try:
-        status, _ = await asyncio.wait_for(_get(host, port, "/readyz"), timeout_s)
-    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
-        raise FsanetError(f"no server answers at {host}:{port} ({e or type(e).__name__})") from None
-    if status != 200:
-        raise FsanetError(f"the server at {host}:{port} is not ready (/readyz answered {status})")
+    await check_ready(host, port, timeout_s)
     requests = [_request_bytes(host, port, "POST", path, b, content_type) for b in bodies]
 
     loop = asyncio.get_running_loop()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fsanet.core.errors import FsanetError
-from fsanet.deploy.serve.loadtest import MAX_DURATION_S, _get, loopback_target
+from fsanet.deploy.serve.loadtest import MAX_DURATION_S, _get, check_ready, loopback_target
 
 MAX_STREAMS = 256
 MAX_FRAMES = 900  # frames read from the clip (then it loops)
@@ -261,12 +261,7 @@ async def _run(
     timeout_s: float,
 ) -> StreamReport:
     host, port, _ = loopback_target(url)
-    try:
-        status, _ = await asyncio.wait_for(_get(host, port, "/readyz"), timeout_s)
-    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
-        raise FsanetError(f"no server answers at {host}:{port} ({e or type(e).__name__})") from None
-    if status != 200:
-        raise FsanetError(f"the server at {host}:{port} is not ready (/readyz answered {status})")
+    await check_ready(host, port, timeout_s)
     target = f"ws://{host if ':' not in host else f'[{host}]'}:{port}/v1/stream"
     target += f"?{query.lstrip('?')}" if query else ""
     report = StreamReport(target, clip, streams, fps, _size(frames[0]), duration_s)
